@@ -1,0 +1,3 @@
+from mmlc.cli import main
+
+raise SystemExit(main())

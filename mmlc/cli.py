@@ -1,0 +1,227 @@
+"""The ``mmlc`` command line: each subcommand parses its flags and calls one library function.
+
+User errors (an :class:`~mmlc.errors.MmlcError`) print one line ``mmlc: error: ...`` and exit with
+status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from mmlc.errors import MmlcError
+
+
+# ---------------------------------------------------------------------- shared flags
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="preset name or model folder (default: the embedded mmlc-tiny)")
+    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
+                   help="'random' builds the preset without weights (speed tests)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")
+
+
+def _load_model(args):
+    import mmlc
+
+    return mmlc.load(args.model, device=args.device, dtype=args.dtype, init=args.init)
+
+
+def parse_time(text: str) -> float:
+    """Seconds from ``SS``, ``SS.s``, ``MM:SS`` or ``HH:MM:SS``."""
+    parts = text.strip().split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise MmlcError(f"time {text!r} is not a time: write seconds (12.5), MM:SS (01:30) or HH:MM:SS") from None
+    seconds = 0.0
+    for v in values:
+        seconds = seconds * 60 + v
+    if seconds < 0:
+        raise MmlcError(f"time {text!r} is negative: times are seconds from the stream's start")
+    return seconds
+
+
+def parse_ask(text: str) -> tuple[float, str]:
+    """``"T:question"`` -> (seconds, question); T is seconds, MM:SS or HH:MM:SS."""
+    parts = text.split(":")
+    for n_time in (3, 2, 1):
+        if len(parts) > n_time:
+            head, question = ":".join(parts[:n_time]), ":".join(parts[n_time:]).strip()
+            try:
+                [float(p) for p in head.split(":")]
+            except ValueError:
+                continue
+            if question:
+                return parse_time(head), question
+    raise MmlcError(f"--ask {text!r} is not 'T:question': write e.g. --ask \"12:what colour is the circle?\" "
+                    "or --ask \"01:30:what is moving?\"")
+
+
+def _clock(t: float) -> str:
+    t = max(t, 0.0)
+    m, s = divmod(int(t), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_stream(args) -> int:
+    from tqdm.auto import tqdm
+
+    from mmlc.streaming.sources import open_source
+
+    asks = [parse_ask(a) for a in args.ask or []]
+    model = _load_model(args)
+    options = {"fps": args.fps, "threshold": args.threshold, "trigger": args.trigger,
+               "max_reply_tokens": args.max_reply_tokens}
+    if args.interval is not None:
+        options["interval_seconds"] = args.interval
+    session = model.stream(**{k: v for k, v in options.items() if v is not None})
+    source = open_source(args.source, fps=session.fps)
+    for t, q in asks:
+        session.ask(q, t=t)
+    total = source.n_frames if getattr(source, "n_frames", None) else None
+    bar = tqdm(total=total, unit="frame", desc="stream", file=sys.stderr, disable=args.no_progress or
+               getattr(source, "live", False), dynamic_ncols=True, leave=False)
+    failed = False
+
+    def show(ev) -> None:
+        nonlocal failed
+        failed |= ev.kind == "error"
+        if args.json:
+            line = ev.to_json()
+        elif ev.kind == "answer":
+            line = f"[{_clock(ev.t)}] Q: {ev.question}  A: {ev.text}"
+        elif ev.kind == "error":
+            line = f"[{_clock(ev.t)}] error: {ev.text}"
+        else:
+            line = f"[{_clock(ev.t)}] {ev.text}"
+        bar.clear()
+        print(line, flush=True)
+
+    seen = 0
+    for ev in session.feed(source):
+        show(ev)
+        bar.update(session.frames_seen - seen)
+        seen = session.frames_seen
+    bar.update(session.frames_seen - seen)
+    for ev in session.finish():
+        show(ev)
+    bar.close()
+    if not args.json:
+        print(f"# {session.frames_seen} frames, {sum(e.kind == 'reply' for e in session.dialogue)} replies", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_data(args) -> int:
+    from mmlc.data.writer import write_shapeworld
+
+    paths = write_shapeworld(args.out, args.n, args.seed, kind=args.kind, duration=args.duration, fps=args.fps,
+                             size=args.size, needle=args.needle, progress=not args.no_progress)
+    print(f"{len(paths)} {args.kind} episodes in {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mmlc.train.trainer import train
+
+    out = train(args.recipe, args.out, device=args.device, resume=not args.no_resume, progress=not args.no_progress)
+    if args.export:
+        import shutil
+        from pathlib import Path
+
+        dest = Path(args.export)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in out.iterdir():
+            shutil.copy2(f, dest / f.name)
+        print(f"exported the model to {dest}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    if args.task == "narration":
+        from mmlc.evals.narration import run_narration_eval
+
+        model = _load_model(args)
+        report = run_narration_eval(model, args.data, seed=args.seed, threshold=args.threshold, json_out=args.json,
+                                    progress=not args.no_progress, model_name=args.model or "mmlc-tiny")
+        print(json.dumps(report["summary"], indent=2))
+        return 0
+    raise MmlcError(f"unknown eval task {args.task!r}")
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmlc", description="Streaming video and multi-image dialogue.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stream", help="narrate a video file, folder of images, stream URL or webcam",
+                       description="Stream SOURCE through the model, printing '[mm:ss] text' per event.")
+    p.add_argument("source", help="video file, image folder, URL (rtsp://, http://...), webcam or webcam:N")
+    p.add_argument("--fps", type=float, default=None, help="frames per second to sample (default: the model's, 2)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="speak when P(stay silent) < threshold (default: the model's, 0.725)")
+    p.add_argument("--trigger", choices=["live", "interval"], default=None,
+                   help="live: the model decides (default); interval: speak every --interval seconds")
+    p.add_argument("--interval", type=float, default=None, help="seconds between replies for --trigger interval")
+    p.add_argument("--max-reply-tokens", type=int, default=None, help="cap on tokens per reply")
+    p.add_argument("--ask", action="append", metavar="T:QUESTION",
+                   help="ask QUESTION at time T (seconds or MM:SS); repeatable")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    _model_flags(p)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("data", help="write synthetic data sets", description="Write ShapeWorld episodes.")
+    p.add_argument("world", choices=["shapeworld"], help="the data generator")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
+    p.add_argument("--n", type=int, default=10, help="number of episodes")
+    p.add_argument("--seed", type=int, default=1_000_000_000, help="seed of the first episode (then +1 each)")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds per video episode")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second")
+    p.add_argument("--size", type=int, default=64, help="frame size in pixels (square)")
+    p.add_argument("--kind", choices=["video", "multi-image"], default="video")
+    p.add_argument("--needle", action="store_true", help="show a needle (rare object) in each video episode")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model by recipe (resumable)",
+                       description="Train by recipe. 'tiny' regenerates the embedded mmlc-tiny from scratch.")
+    p.add_argument("--recipe", default="tiny", help="recipe name: tiny, tiny-smoke")
+    p.add_argument("--out", required=True, help="run folder: created, or resumed if it holds this recipe's run")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run in --out")
+    p.add_argument("--export", default=None, help="copy the final model to this folder (e.g. mmlc/assets/mmlc-tiny)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model", description="Evaluate a model.")
+    p.add_argument("task", choices=["narration"], help="narration: LIVE metrics + ShapeWorld ground truth")
+    p.add_argument("--data", default="shapeworld:20", help="episode folder, or shapeworld:N (generated, held out)")
+    p.add_argument("--seed", type=int, default=1_000_000_000, help="first seed for shapeworld:N")
+    p.add_argument("--threshold", type=float, default=None, help="speak threshold (default: the model's)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the full report here (and resume from OUT.episodes.jsonl)")
+    p.add_argument("--no-progress", action="store_true")
+    _model_flags(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MmlcError as err:
+        print(f"mmlc: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmlc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

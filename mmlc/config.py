@@ -1,0 +1,259 @@
+"""Typed configs of an mmlc model, validated on construction.
+
+A model is described by one :class:`MmlcConfig`, made of small sections:
+
+- ``vision``: the vision tower, an ordinary transformers vision config (SigLIP, CLIP, ...) kept as a
+  dict with its ``model_type``, plus the pixel preprocessing;
+- ``frames``: how a frame becomes tokens (pooled output + k x k average-pooled patch grid, and
+  whether the tower also sees the previous frame);
+- ``connector``: Linear -> GELU -> Linear from the vision width to the LM width;
+- ``lm``: the causal LM, an ordinary transformers config dict (Llama, Qwen2, ...);
+- ``template``: the special strings of the LIVE sequence format;
+- ``stream``: default streaming options (fps, threshold, trigger, reply cap).
+
+Every section validates its fields in ``__post_init__`` with messages that name the field, the bad
+value and what is accepted. ``apply_overrides`` sets fields by ``section.field`` (or ``section__field``
+for keyword arguments, or a bare field name when it is unique across sections).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mmlc.errors import ConfigError
+
+Trigger = Literal["live", "interval"]
+Temporal = Literal["none", "prev_frame"]
+TRIGGERS = ("live", "interval")
+TEMPORALS = ("none", "prev_frame")
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {expected}")
+
+
+@dataclass
+class VisionConfig:
+    """The vision tower: a transformers vision config (``hf`` must hold its ``model_type``).
+
+    ``image_size`` and ``num_channels`` are read from ``hf``; ``image_mean``/``image_std`` normalise
+    pixels in [0, 1] per channel (SigLIP uses 0.5/0.5; CLIP its ImageNet-like statistics).
+    """
+
+    hf: dict = field(default_factory=dict)
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.hf, dict) and "model_type" in self.hf, "vision.hf", self.hf,
+                 "a transformers vision config dict with a 'model_type' (e.g. 'siglip_vision_model')")
+        self.image_mean = tuple(float(x) for x in self.image_mean)
+        self.image_std = tuple(float(x) for x in self.image_std)
+        _require(len(self.image_mean) == 3, "vision.image_mean", self.image_mean, "3 numbers")
+        _require(len(self.image_std) == 3 and all(s > 0 for s in self.image_std),
+                 "vision.image_std", self.image_std, "3 positive numbers")
+
+    @property
+    def image_size(self) -> int:
+        size = self.hf.get("image_size", 224)
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.hf.get("num_channels", 3))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf["hidden_size"])
+
+
+@dataclass
+class FramesConfig:
+    """How one frame becomes tokens: [pooled] + grid x grid average-pooled patches.
+
+    VideoLLM-online: pooled + 3x3 = 10 tokens a frame. ``temporal="prev_frame"`` feeds the tower the
+    previous frame as extra channels (the tower's ``num_channels`` must then be 6), so that the frame
+    tokens can show change (motion, a colour turning), which a single frame cannot.
+    """
+
+    pooled: bool = True
+    grid: int = 3
+    temporal: Temporal = "none"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
+        _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
+        _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")
+        _require(self.pooled or self.grid > 0, "frames.grid", self.grid,
+                 "> 0 when frames.pooled is false (a frame needs at least one token)")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.pooled) + self.grid * self.grid
+
+
+@dataclass
+class ConnectorConfig:
+    """Linear(vision width -> hidden) -> GELU -> Linear(hidden -> LM width); hidden 0 = LM width."""
+
+    hidden: int = 0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.hidden, int) and self.hidden >= 0, "connector.hidden", self.hidden,
+                 "an int >= 0 (0 means the LM width)")
+
+
+@dataclass
+class LMConfig:
+    """The causal LM: a transformers config dict with its ``model_type`` (llama, qwen2, ...)."""
+
+    hf: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.hf, dict) and "model_type" in self.hf, "lm.hf", self.hf,
+                 "a transformers causal-LM config dict with a 'model_type' (e.g. 'llama')")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf["hidden_size"])
+
+
+@dataclass
+class TemplateConfig:
+    """Special strings of the LIVE sequence format (each must be one token of the tokenizer).
+
+    A stream reads ``{bos}{system}`` then frames of ``frame`` placeholders, consecutive frames
+    separated by ``interval``; the model's reply after a frame is ``{assistant}text{end}``; a user
+    question is ``{user}question{assistant}answer{end}``. The last placeholder of each frame is
+    labelled with ``interval`` (stay silent) or ``assistant`` (speak).
+    """
+
+    bos: str = "<|bos|>"
+    frame: str = "<v>"
+    memory: str = "<m>"
+    interval: str = "<|silent|>"
+    user: str = "<|user|>"
+    assistant: str = "<|assistant|>"
+    end: str = "<|end|>"
+    system: str = ""
+    image_prefix: str = "Image{i}: "
+
+    def __post_init__(self) -> None:
+        for name in ("bos", "frame", "memory", "interval", "user", "assistant", "end"):
+            value = getattr(self, name)
+            _require(isinstance(value, str) and value != "", f"template.{name}", value, "a non-empty string")
+        specials = [self.frame, self.memory, self.interval, self.user, self.assistant, self.end]
+        _require(len(set(specials)) == len(specials), "template", specials, "distinct special strings")
+
+    def special_tokens(self) -> list[str]:
+        return [self.bos, self.frame, self.memory, self.interval, self.user, self.assistant, self.end]
+
+
+@dataclass
+class StreamConfig:
+    """Default streaming options; ``model.stream(...)`` overrides any of them per session."""
+
+    fps: float = 2.0
+    threshold: float = 0.725
+    trigger: Trigger = "live"
+    interval_seconds: float = 10.0
+    max_reply_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.fps, (int, float)) and self.fps > 0, "stream.fps", self.fps,
+                 "a number > 0 (frames per second, e.g. 2)")
+        _require(isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 1.0,
+                 "stream.threshold", self.threshold, "a probability in [0, 1] (VideoLLM-online uses 0.725)")
+        _require(self.trigger in TRIGGERS, "stream.trigger", self.trigger, f"one of {TRIGGERS}")
+        _require(isinstance(self.interval_seconds, (int, float)) and self.interval_seconds > 0,
+                 "stream.interval_seconds", self.interval_seconds, "a number of seconds > 0")
+        _require(isinstance(self.max_reply_tokens, int) and self.max_reply_tokens >= 1,
+                 "stream.max_reply_tokens", self.max_reply_tokens, "an int >= 1")
+
+
+SECTIONS = {
+    "vision": VisionConfig,
+    "frames": FramesConfig,
+    "connector": ConnectorConfig,
+    "lm": LMConfig,
+    "template": TemplateConfig,
+    "stream": StreamConfig,
+}
+
+
+@dataclass
+class MmlcConfig:
+    """The whole model: one section per part (see the module docstring)."""
+
+    name: str = "custom"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    stream_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.stream_loss_weight >= 0, "stream_loss_weight", self.stream_loss_weight, "a number >= 0")
+        want = 6 if self.frames.temporal == "prev_frame" else 3
+        _require(self.vision.num_channels == want, "vision.hf.num_channels", self.vision.num_channels,
+                 f"{want} when frames.temporal is '{self.frames.temporal}'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MmlcConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"config has unknown fields {sorted(unknown)}: expected {list(SECTIONS)}, "
+                              "'name' and 'stream_loss_weight'")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            section = SECTIONS.get(key)
+            if section is None:
+                kwargs[key] = value
+                continue
+            names = {f.name for f in dataclasses.fields(section)}
+            bad = set(value) - names
+            if bad:
+                raise ConfigError(f"config section '{key}' has unknown fields {sorted(bad)}: expected {sorted(names)}")
+            kwargs[key] = section(**value)
+        return cls(**kwargs)
+
+
+def apply_overrides(config: MmlcConfig, overrides: dict[str, Any]) -> MmlcConfig:
+    """Return a copy of ``config`` with fields set from ``overrides``.
+
+    Keys are ``section.field`` or ``section__field`` (``stream.threshold``), a top-level field
+    (``stream_loss_weight``), ``lm.hf.KEY``/``vision.hf.KEY`` for a transformers config entry, or a
+    bare field name that exists in exactly one section (``threshold``, ``grid``).
+    """
+    data = copy.deepcopy(config.to_dict())
+    for raw_key, value in overrides.items():
+        parts = raw_key.replace("__", ".").split(".")
+        if len(parts) == 1 and parts[0] not in data:
+            owners = [s for s, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}]
+            if len(owners) != 1:
+                where = f"it is in {owners}: write e.g. '{owners[0]}.{parts[0]}'" if owners else \
+                    f"known sections are {list(SECTIONS)}"
+                raise ConfigError(f"override '{raw_key}' is {'ambiguous' if owners else 'unknown'}: {where}")
+            parts = [owners[0], parts[0]]
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"override '{raw_key}': no field '{'.'.join(parts[:depth + 1])}' in the config")
+            node = node[part]
+        last = parts[-1]
+        inside_hf = len(parts) >= 3 and parts[1] == "hf"
+        if not isinstance(node, dict) or (last not in node and not inside_hf):
+            raise ConfigError(f"override '{raw_key}': no field '{'.'.join(parts)}' in the config")
+        node[last] = value
+    return MmlcConfig.from_dict(data)

@@ -1,0 +1,194 @@
+"""The LIVE sequence layout, one builder for training and streaming.
+
+A stream dialogue is a timeline of items: frames, the model's own replies after a frame, and user
+questions with their answers. :class:`StreamLayout` turns each item into a :class:`Chunk` of token
+ids with labels; training concatenates the chunks of a whole timeline (:meth:`StreamLayout.build`),
+and the streaming session feeds the very same chunks one at a time, so the two cannot drift apart
+(VideoLLM-online had a label-alignment bug of exactly that kind).
+
+Format (template strings in braces)::
+
+    {bos}{system} <v>..<v> {interval} <v>..<v> {assistant} reply {end} <v>..<v> {interval} ...
+                  {user} question {assistant} answer {end} <v>..<v> ...
+
+Labels (the token each position predicts; -100 = none):
+
+- the last placeholder of each frame: ``{interval}`` (stay silent) or ``{assistant}`` (speak); a
+  frame followed by a user question is labelled silent (the model did not choose to speak);
+- reply and answer tokens and their closing ``{end}``;
+- nothing else (placeholders, the interval token, questions, the system prompt).
+
+``kinds`` marks frame decisions (1) and reply tokens (2) so that the loss can weight them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmlc.config import TemplateConfig
+from mmlc.errors import ConfigError
+
+IGNORE = -100
+DECISION = 1
+TEXT = 2
+
+
+@dataclass
+class Frame:
+    """One frame of the stream (its tokens are placeholders filled with the frame's tokens)."""
+
+    index: int = 0
+
+
+@dataclass
+class Reply:
+    """The model speaks after the previous frame."""
+
+    text: str
+
+
+@dataclass
+class Question:
+    """A user question inserted before the next frame, and its answer (None while streaming)."""
+
+    text: str
+    answer: str | None = None
+
+
+@dataclass
+class Memory:
+    """``n`` memory placeholders (filled by the memory bridge)."""
+
+    n: int
+
+
+@dataclass
+class Chunk:
+    """Token ids with per-position labels and label kinds; frames = frame indices in order."""
+
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+
+    def extend(self, other: "Chunk") -> "Chunk":
+        self.ids += other.ids
+        self.labels += other.labels
+        self.kinds += other.kinds
+        self.frames += other.frames
+        return self
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class StreamLayout:
+    """Maps the template to token ids and builds the chunks of every timeline item."""
+
+    def __init__(self, template: TemplateConfig, tokenizer, tokens_per_frame: int):
+        self.template = template
+        self.tokenizer = tokenizer
+        self.tokens_per_frame = tokens_per_frame
+        ids = {}
+        for name in ("bos", "frame", "memory", "interval", "user", "assistant", "end"):
+            text = getattr(template, name)
+            tok = tokenizer.encode(text, add_special_tokens=False)
+            if len(tok) != 1:
+                raise ConfigError(f"template.{name} = {text!r} is {len(tok)} tokens in this tokenizer: each "
+                                  "special string must be one token (add it as a special token)")
+            ids[name] = tok[0]
+        self.bos_id, self.frame_id, self.memory_id = ids["bos"], ids["frame"], ids["memory"]
+        self.interval_id, self.user_id = ids["interval"], ids["user"]
+        self.assistant_id, self.end_id = ids["assistant"], ids["end"]
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # ---------------------------------------------------------------- items
+    def prefix(self, system: str | None = None) -> Chunk:
+        system = self.template.system if system is None else system
+        ids = [self.bos_id] + (self.text_ids(system) if system else [])
+        return _unlabelled(ids)
+
+    def frame(self, index: int, after_frame: bool, speak: bool | None = None) -> Chunk:
+        """A frame's placeholders, preceded by the interval token when the previous item was a frame.
+
+        ``speak`` sets the decision label of the last placeholder (None: unlabelled, for inference).
+        """
+        ids = ([self.interval_id] if after_frame else []) + [self.frame_id] * self.tokens_per_frame
+        chunk = _unlabelled(ids)
+        chunk.frames = [index]
+        if speak is not None:
+            chunk.labels[-1] = self.assistant_id if speak else self.interval_id
+            chunk.kinds[-1] = DECISION
+        return chunk
+
+    def reply_open(self) -> Chunk:
+        """The token that opens a reply (what the model predicted at the frame's decision)."""
+        return _unlabelled([self.assistant_id])
+
+    def question_prompt(self, text: str) -> Chunk:
+        """``{user} question {assistant}``: after this the model generates the answer."""
+        return _unlabelled([self.user_id] + self.text_ids(text) + [self.assistant_id])
+
+    def answer(self, text: str) -> Chunk:
+        """Reply text and ``{end}``, every token labelled (the reply's own tokens predict the next)."""
+        return self.answer_ids(self.text_ids(text))
+
+    def answer_ids(self, ids: list[int]) -> Chunk:
+        full = list(ids) + [self.end_id]
+        return Chunk(ids=full, labels=full[:], kinds=[TEXT] * len(full))
+
+    def memory(self, n: int) -> Chunk:
+        return _unlabelled([self.memory_id] * n)
+
+    # ---------------------------------------------------------------- whole timelines
+    def build(self, items: list, system: str | None = None, with_prefix: bool = True) -> Chunk:
+        """Concatenate the chunks of a timeline and shift labels into next-token targets.
+
+        Returns a chunk whose ``labels[i]`` is the target predicted at position i.
+        """
+        seq = self.prefix(system) if with_prefix else Chunk()
+        previous = None
+        for pos, item in enumerate(items):
+            if isinstance(item, Frame):
+                nxt = items[pos + 1] if pos + 1 < len(items) else None
+                seq.extend(self.frame(item.index, isinstance(previous, Frame), speak=isinstance(nxt, Reply)))
+            elif isinstance(item, Reply):
+                if not isinstance(previous, Frame):
+                    raise ValueError("a Reply must follow a Frame (the model speaks after a frame)")
+                seq.extend(self.reply_open()).extend(self.answer(item.text))
+            elif isinstance(item, Question):
+                seq.extend(self.question_prompt(item.text))
+                if item.answer is not None:
+                    seq.extend(self.answer(item.answer))
+            elif isinstance(item, Memory):
+                seq.extend(self.memory(item.n))
+            else:
+                raise TypeError(f"unknown timeline item {item!r}")
+            previous = item
+        return _shift(seq)
+
+
+def _unlabelled(ids: list[int]) -> Chunk:
+    return Chunk(ids=list(ids), labels=[IGNORE] * len(ids), kinds=[0] * len(ids))
+
+
+def _shift(seq: Chunk) -> Chunk:
+    """Turn 'this token is a target' marks into next-token targets at the previous position.
+
+    Frame decisions are already targets at their own position (the last placeholder predicts the
+    decision); text tokens marked TEXT are targets of the position before them.
+    """
+    n = len(seq.ids)
+    labels, kinds = [IGNORE] * n, [0] * n
+    for i in range(n):
+        if seq.kinds[i] == DECISION:
+            labels[i], kinds[i] = seq.labels[i], DECISION
+    for i in range(1, n):
+        if seq.kinds[i] == TEXT:
+            labels[i - 1], kinds[i - 1] = seq.ids[i], TEXT
+    return Chunk(ids=seq.ids, labels=labels, kinds=kinds, frames=seq.frames)

@@ -1,0 +1,79 @@
+"""Named model presets, each a function returning a fresh :class:`MmlcConfig`.
+
+- ``tiny``: the CPU-sized layout of the embedded default model mmlc-tiny (64 px frames, a 3-layer
+  SigLIP-style tower that also sees the previous frame, 1 + 2x2 tokens a frame, a 4-layer Llama).
+- ``tiny-test``: the smallest random layout, for tests (hidden 32, 2 layers, 16 px frames).
+- ``videollm-online-8b``: VideoLLM-online's layout: SigLIP-L/384 + Llama-3-8B, 1 + 3x3 tokens a
+  frame, 2 fps, threshold 0.725 (random weights with ``init="random"``; real ones from local folders).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mmlc.config import (ConnectorConfig, FramesConfig, LMConfig, MmlcConfig, StreamConfig,
+                         TemplateConfig, VisionConfig)
+from mmlc.errors import ConfigError
+
+
+def _siglip(hidden: int, layers: int, heads: int, mlp: int, image: int, patch: int, channels: int) -> dict:
+    return {"model_type": "siglip_vision_model", "hidden_size": hidden, "intermediate_size": mlp,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "image_size": image,
+            "patch_size": patch, "num_channels": channels, "vision_use_head": True}
+
+
+def _llama(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, mlp: int, **extra) -> dict:
+    cfg = {"model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp,
+           "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+           "max_position_embeddings": 8192, "tie_word_embeddings": True}
+    cfg.update(extra)
+    return cfg
+
+
+def tiny() -> MmlcConfig:
+    return MmlcConfig(
+        name="tiny",
+        vision=VisionConfig(hf=_siglip(hidden=128, layers=3, heads=4, mlp=256, image=64, patch=8, channels=6)),
+        frames=FramesConfig(pooled=True, grid=2, temporal="prev_frame"),
+        connector=ConnectorConfig(hidden=256),
+        lm=LMConfig(hf=_llama(vocab=512, hidden=256, layers=4, heads=4, kv_heads=4, mlp=768)),
+        template=TemplateConfig(),
+        stream=StreamConfig(fps=2.0, threshold=0.725, max_reply_tokens=48),
+    )
+
+
+def tiny_test() -> MmlcConfig:
+    return MmlcConfig(
+        name="tiny-test",
+        vision=VisionConfig(hf=_siglip(hidden=32, layers=2, heads=4, mlp=64, image=16, patch=4, channels=6)),
+        frames=FramesConfig(pooled=True, grid=2, temporal="prev_frame"),
+        connector=ConnectorConfig(hidden=0),
+        lm=LMConfig(hf=_llama(vocab=512, hidden=32, layers=2, heads=4, kv_heads=2, mlp=64)),
+        stream=StreamConfig(max_reply_tokens=8),
+    )
+
+
+def videollm_online_8b() -> MmlcConfig:
+    return MmlcConfig(
+        name="videollm-online-8b",
+        vision=VisionConfig(hf=_siglip(hidden=1024, layers=24, heads=16, mlp=4096, image=384, patch=14, channels=3)),
+        frames=FramesConfig(pooled=True, grid=3, temporal="none"),
+        connector=ConnectorConfig(hidden=0),
+        lm=LMConfig(hf=_llama(vocab=128256, hidden=4096, layers=32, heads=32, kv_heads=8, mlp=14336,
+                              rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5)),
+        stream=StreamConfig(fps=2.0, threshold=0.725, max_reply_tokens=128),
+    )
+
+
+PRESETS: dict[str, Callable[[], MmlcConfig]] = {
+    "tiny": tiny,
+    "tiny-test": tiny_test,
+    "videollm-online-8b": videollm_online_8b,
+}
+
+
+def preset(name: str) -> MmlcConfig:
+    """The config of preset ``name`` (a fresh object each call)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}': choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

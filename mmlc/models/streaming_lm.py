@@ -1,0 +1,222 @@
+"""StreamingLM: vision tower -> frame tokens -> connector -> causal LM (the LIVE model).
+
+Composition as in transformers' Llava: the tower and the LM are ordinary transformers models built
+from their configs, so any vision model with a patch-token output (SigLIP, CLIP) and any causal LM
+(Llama, Qwen2, ...) plug in, and real checkpoints load through the same code. Frame tokens replace the
+input embeddings of frame placeholder tokens. The model holds no streaming state: caches, positions
+and clocks belong to the session that calls it (``mmlc.streaming.session``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from mmlc.config import MmlcConfig
+from mmlc.errors import ConfigError
+from mmlc.models.layout import StreamLayout
+
+
+class Connector(nn.Module):
+    """Linear -> GELU -> Linear, vision width -> LM width (LLaVA-1.5's projector)."""
+
+    def __init__(self, vision_width: int, lm_width: int, hidden: int = 0):
+        super().__init__()
+        hidden = hidden or lm_width
+        self.fc1 = nn.Linear(vision_width, hidden)
+        self.fc2 = nn.Linear(hidden, lm_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def hf_config(cfg: dict):
+    """A transformers config object from a dict holding its ``model_type``."""
+    data = dict(cfg)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+class StreamingLM(nn.Module):
+    """Vision tower + connector + causal LM, and the LIVE loss.
+
+    ``layout`` (set by the loader once the tokenizer is known) maps template strings to token ids.
+    """
+
+    def __init__(self, config: MmlcConfig, vision: nn.Module | None = None, lm: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.vision = vision if vision is not None else AutoModel.from_config(hf_config(config.vision.hf))
+        self.connector = Connector(config.vision.hidden_size, config.lm.hidden_size, config.connector.hidden)
+        self.lm = lm if lm is not None else AutoModelForCausalLM.from_config(hf_config(config.lm.hf))
+        self.layout: StreamLayout | None = None
+        self.tokenizer = None
+        mean = torch.tensor(config.vision.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.vision.image_std).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.connector.fc1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.connector.fc1.weight.dtype
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.config.frames.tokens_per_frame
+
+    # ------------------------------------------------------------------ vision
+    def preprocess(self, frames: torch.Tensor | list, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> normalised pixels (N, C, S, S) in the model's dtype.
+
+        With ``frames.temporal == "prev_frame"`` the channels are [frame ; previous frame], where
+        frame i's previous is frame i-1 of the batch, and frame 0's is ``previous`` ((3, S, S),
+        already normalised) or frame 0 itself when there is none (no change seen).
+        """
+        if not torch.is_tensor(frames):
+            frames = torch.from_numpy(_stack(frames, self.config.vision.image_size))
+        x = frames.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
+        size = self.config.vision.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.pixel_mean) / self.pixel_std
+        if self.config.frames.temporal == "prev_frame":
+            first = previous.to(x)[None] if previous is not None else x[:1]
+            prev = torch.cat([first, x[:-1]], dim=0)
+            x = torch.cat([x, prev], dim=1)
+        return x.to(self.dtype)
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, C, S, S) -> frame features at the vision width (N, T, Dv).
+
+        T = [pooled output] + grid x grid adaptive average pool of the patch grid. A leading CLS
+        token (CLIP) is dropped from the patch grid when the token count is square plus one.
+        """
+        out = self.vision(pixel_values=pixels)
+        patches = out.last_hidden_state  # (N, P, Dv)
+        n_patch = patches.shape[1]
+        side = math.isqrt(n_patch)
+        if side * side != n_patch:
+            patches, side = patches[:, 1:], math.isqrt(n_patch - 1)
+        tokens = []
+        fc = self.config.frames
+        if fc.pooled:
+            pooled = getattr(out, "pooler_output", None)
+            tokens.append((pooled if pooled is not None else patches.mean(1))[:, None])
+        if fc.grid:
+            grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+            grid = F.adaptive_avg_pool2d(grid, fc.grid).flatten(2).transpose(1, 2)  # (N, k*k, Dv)
+            tokens.append(grid)
+        return torch.cat(tokens, dim=1)
+
+    def frame_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, C, S, S) -> frame tokens at the LM width (N, T, D)."""
+        return self.connector(self.vision_features(pixels))
+
+    # ------------------------------------------------------------------ LM
+    def embed(self, input_ids: torch.Tensor, frame_tokens: torch.Tensor | None = None,
+              memory_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, L, D) with placeholders replaced.
+
+        ``frame_tokens`` (N, T, D) fill the frame placeholders in order (row-major over N then T);
+        ``memory_tokens`` (M, D) the memory placeholders. A count mismatch is a ValueError that shows
+        both counts.
+        """
+        layout = self._layout()
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        for ids, values, what in ((layout.frame_id, frame_tokens, "frame"), (layout.memory_id, memory_tokens, "memory")):
+            mask = input_ids == ids
+            n_slots = int(mask.sum())
+            n_values = 0 if values is None else values.reshape(-1, values.shape[-1]).shape[0]
+            if n_slots != n_values:
+                raise ValueError(f"{what} placeholders and {what} tokens do not match: {n_slots} placeholder "
+                                 f"tokens in the input, {n_values} {what} tokens given")
+            if n_slots:
+                embeds = embeds.masked_scatter(mask[..., None], values.reshape(-1, values.shape[-1]).to(embeds))
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, *, pixels: torch.Tensor | None = None,
+                frame_tokens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                cache=None, logits_to_keep: int = 0, attention_mask: torch.Tensor | None = None):
+        """One LM pass over ``input_ids`` (B, L) whose frame placeholders take the frames' tokens.
+
+        Give either ``pixels`` (N, C, S, S) or precomputed ``frame_tokens`` (N, T, D). Positions are
+        explicit when a cache is used (the session tracks the true count). Returns the transformers
+        output (``.logits``: (B, L or logits_to_keep, V)).
+        """
+        if pixels is not None:
+            frame_tokens = self.frame_embeddings(pixels)
+        embeds = self.embed(input_ids, frame_tokens)
+        return self.lm(inputs_embeds=embeds, position_ids=position_ids, cache=cache,
+                       use_cache=cache is not None, logits_to_keep=logits_to_keep, attention_mask=attention_mask)
+
+    def live_loss(self, logits: torch.Tensor, labels: torch.Tensor, label_kind: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The LIVE objective: text loss on reply tokens + ``stream_loss_weight`` x frame-decision loss.
+
+        ``labels`` (B, L) hold the token each position predicts (-100: none); ``label_kind`` (B, L) is
+        1 at frame decisions (the last placeholder of each frame) and 2 at reply tokens. Both parts
+        are token means; a part with no labels contributes 0.
+        """
+        logp = F.log_softmax(logits.float(), dim=-1)
+        safe = labels.clamp_min(0)
+        nll = -logp.gather(-1, safe[..., None])[..., 0]
+        parts = {}
+        for name, kind in (("stream_loss", 1), ("text_loss", 2)):
+            m = (label_kind == kind) & (labels >= 0)
+            parts[name] = (nll * m).sum() / m.sum().clamp_min(1)
+        parts["loss"] = parts["text_loss"] + self.config.stream_loss_weight * parts["stream_loss"]
+        return parts
+
+    # ------------------------------------------------------------------ public helpers
+    def stream(self, fps: float | None = None, threshold: float | None = None, trigger: str | None = None,
+               max_reply_tokens: int | None = None, **options):
+        """A new :class:`~mmlc.streaming.session.StreamSession` on this model.
+
+        Unset options take the config's ``stream`` defaults. Other options: ``interval_seconds``
+        (trigger ``interval``), ``system`` (system prompt), ``batch_frames`` (vision batch for files).
+        """
+        from mmlc.streaming.session import StreamSession
+
+        allowed = {"interval_seconds", "system", "batch_frames"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise ConfigError(f"unknown stream options {sorted(unknown)}: known are fps, threshold, trigger, "
+                              f"max_reply_tokens, {', '.join(sorted(allowed))}")
+        sc = self.config.stream
+        self._layout()
+        return StreamSession(
+            self, fps=sc.fps if fps is None else fps, threshold=sc.threshold if threshold is None else threshold,
+            trigger=trigger or sc.trigger, max_reply_tokens=max_reply_tokens or sc.max_reply_tokens,
+            interval_seconds=options.pop("interval_seconds", sc.interval_seconds), **options)
+
+    def save_pretrained(self, path) -> "Path":
+        """Write config.json, model.safetensors and the tokenizer files to ``path``."""
+        from mmlc.models.loading import save_pretrained
+
+        return save_pretrained(self, path)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def _layout(self) -> StreamLayout:
+        if self.layout is None:
+            raise RuntimeError("the model has no tokenizer/layout attached: load it with mmlc.load(...)")
+        return self.layout
+
+
+def _stack(frames, size: int) -> "np.ndarray":
+    """Frames of any supported type and mode -> (N, H, W, 3) uint8; mixed sizes resized to ``size``."""
+    import numpy as np
+
+    from mmlc.streaming.images import resize_rgb, to_rgb_uint8
+    rgb = [to_rgb_uint8(f) for f in frames]
+    if len({f.shape for f in rgb}) > 1:
+        rgb = [resize_rgb(f, size) for f in rgb]
+    return np.stack(rgb)

@@ -1,0 +1,284 @@
+"""StreamSession: the Python streaming API around a StreamingLM.
+
+The session owns every piece of streaming state (the KV cache, the true position counter, the frame
+clock, pending questions, the dialogue so far, the previous frame for temporal towers); the model is
+stateless between calls, so many sessions can share one model. Per frame (LIVE, VideoLLM-online):
+
+1. pending questions asked before this frame's time are inserted and answered;
+2. the frame's chunk (interval token when the previous item was a frame, then its placeholders) is
+   appended to the cache in one forward pass;
+3. the decision: trigger ``live`` speaks when P(interval) at the frame's last position is below the
+   threshold; ``interval`` speaks every ``interval_seconds``;
+4. a reply is greedy-decoded into the same cache until ``{end}`` or ``max_reply_tokens`` (then
+   ``{end}`` is appended so the turn is closed), and the stream resumes.
+
+Token chunks come from the model's :class:`~mmlc.models.layout.StreamLayout`, the same builder that
+makes training sequences. Frames from files are encoded by the vision tower in small batches ahead of
+the LM (vision work does not depend on the LM's decisions).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from mmlc.config import TRIGGERS
+from mmlc.errors import ConfigError, SourceError
+from mmlc.models.layout import Chunk
+
+EPS = 1e-6
+
+
+@dataclass
+class Event:
+    """Something the stream produced at time ``t`` (seconds of stream time).
+
+    kind: ``reply`` (the model spoke on its own), ``answer`` (to a user question, in ``question``),
+    ``error`` (the source failed; the stream ended there). ``frame`` is the number of frames seen
+    when it happened; ``p_silent`` the interval probability at the decision, where there was one.
+    """
+
+    t: float
+    kind: str
+    text: str
+    frame: int | None = None
+    question: str | None = None
+    p_silent: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+class StreamSession:
+    """One stream over a shared model: ``feed`` a source or ``push_frame`` frames, ``ask`` questions."""
+
+    def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
+                 interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
+                 batch_frames: int = 16):
+        if not isinstance(fps, (int, float)) or fps <= 0:
+            raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+        if trigger not in TRIGGERS:
+            raise ConfigError(f"trigger {trigger!r} is unknown: use one of {TRIGGERS}")
+        if interval_seconds <= 0:
+            raise ConfigError(f"interval_seconds must be > 0, got {interval_seconds!r}")
+        if max_reply_tokens < 1:
+            raise ConfigError(f"max_reply_tokens must be >= 1, got {max_reply_tokens!r}")
+        if batch_frames < 1:
+            raise ConfigError(f"batch_frames must be >= 1, got {batch_frames!r}")
+        self.model = model
+        self.layout = model.layout
+        self.fps = float(fps)
+        self.threshold = float(threshold)
+        self.trigger = trigger
+        self.interval_seconds = float(interval_seconds)
+        self.max_reply_tokens = int(max_reply_tokens)
+        self.system = system
+        self.batch_frames = int(batch_frames)
+        vocab = model.lm.get_input_embeddings().weight.shape[0]
+        lay = self.layout
+        banned = [lay.bos_id, lay.frame_id, lay.memory_id, lay.interval_id, lay.user_id, lay.assistant_id]
+        self._reply_mask = torch.zeros(vocab, dtype=torch.bool, device=model.device)
+        self._reply_mask[banned] = True
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget everything: cache, clock, questions, dialogue."""
+        self.cache = DynamicCache(config=self.model.lm.config)
+        self.position = 0          # true number of tokens fed (RoPE positions continue from here)
+        self.frames_seen = 0
+        self.clock = -math.inf     # time of the last frame fed
+        self.dialogue: list[Event] = []
+        self._pending: list[tuple[float, int, str]] = []
+        self._counter = itertools.count()
+        self._last_item: str | None = None   # "frame" | "text" | None (nothing since the prefix)
+        self._last_spoke = -math.inf
+        self._prev_pixels: torch.Tensor | None = None
+        self._started = False
+
+    def stats(self) -> dict:
+        """Current KV length, true position, frames seen, pending questions and events so far."""
+        return {"kv_length": self.cache.get_seq_length() if self._started else 0, "position": self.position,
+                "frames_seen": self.frames_seen, "pending_questions": len(self._pending),
+                "events": len(self.dialogue)}
+
+    # ------------------------------------------------------------------ public API
+    def push_frame(self, frame, t: float | None = None) -> list[Event]:
+        """Feed one frame (H, W, 3) RGB at time ``t`` (default: one frame period after the last)."""
+        t = self._next_time(t)
+        tokens = self._encode([frame])
+        return self._step(t, tokens[0])
+
+    def feed(self, source, *, fps: float | None = None) -> Iterator[Event]:
+        """Stream a source (path, ``webcam[:N]``, FrameSource, or iterable of ``(t, frame)``).
+
+        Yields events as they happen. A source that fails mid-stream ends with an ``error`` event;
+        events already yielded stand. Questions queued for times the stream reached are answered.
+        """
+        from mmlc.streaming.sources import open_source
+
+        src = open_source(source, fps=fps or self.fps)
+        batch = 1 if getattr(src, "live", False) else self.batch_frames
+        try:
+            it = iter(src)
+            while True:
+                items, error = _take(it, batch)
+                if items:
+                    tokens = self._encode([f for _, f in items])
+                    for (t, _), tok in zip(items, tokens):
+                        for ev in self._step(self._next_time(t), tok):
+                            yield ev
+                if error is not None:
+                    ev = Event(t=max(self.clock, 0.0), kind="error", text=str(error), frame=self.frames_seen)
+                    self.dialogue.append(ev)
+                    yield ev
+                    return
+                if len(items) < batch:
+                    return
+        finally:
+            src.close()
+
+    def ask(self, question: str, t: float | None = None) -> Event | None:
+        """Ask a question at time ``t`` (default: now).
+
+        At or before the stream's clock it is inserted now, before the next frame, and the answer
+        event is returned. A later ``t`` queues it: it is answered when the stream passes ``t`` (its
+        answer comes out of ``feed``/``push_frame``) and ``None`` is returned.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ConfigError(f"question must be a non-empty string, got {question!r}")
+        if t is not None and t > self.clock + EPS:
+            heapq.heappush(self._pending, (float(t), next(self._counter), question))
+            return None
+        return self._respond(question, max(self.clock, 0.0) if t is None else float(t))
+
+    def finish(self) -> list[Event]:
+        """Answer every question still queued (at the end of a stream), in time order."""
+        events = []
+        while self._pending:
+            tq, _, q = heapq.heappop(self._pending)
+            events.append(self._respond(q, tq))
+        return events
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, t: float, frame_tokens: torch.Tensor) -> list[Event]:
+        """Insert due questions, append one frame, decide, maybe reply."""
+        events = []
+        while self._pending and self._pending[0][0] < t - EPS:
+            tq, _, q = heapq.heappop(self._pending)
+            events.append(self._respond(q, tq))
+        chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
+        logits = self._forward(chunk, frame_tokens[None])
+        self.frames_seen += 1
+        self.clock = t
+        self._last_item = "frame"
+        p_silent = float(torch.softmax(logits.float(), -1)[self.layout.interval_id])
+        if self._should_speak(t, p_silent):
+            events.append(self._reply(t, p_silent))
+        return events
+
+    def _should_speak(self, t: float, p_silent: float) -> bool:
+        if self.trigger == "interval":
+            return t - self._last_spoke >= self.interval_seconds - EPS
+        return p_silent < self.threshold
+
+    def _reply(self, t: float, p_silent: float) -> Event:
+        logits = self._forward(self.layout.reply_open())
+        text = self._generate(logits)
+        self._last_spoke = t
+        ev = Event(t=t, kind="reply", text=text, frame=self.frames_seen, p_silent=p_silent)
+        self.dialogue.append(ev)
+        return ev
+
+    def _respond(self, question: str, t: float) -> Event:
+        logits = self._forward(self.layout.question_prompt(question))
+        text = self._generate(logits)
+        ev = Event(t=t, kind="answer", text=text, frame=self.frames_seen, question=question)
+        self.dialogue.append(ev)
+        return ev
+
+    def _generate(self, logits: torch.Tensor) -> str:
+        """Greedy-decode a reply into the cache; always leaves a closed turn (``{end}`` fed)."""
+        ids: list[int] = []
+        end = self.layout.end_id
+        for _ in range(self.max_reply_tokens):
+            nxt = int(logits.masked_fill(self._reply_mask, -math.inf).argmax())
+            if nxt == end:
+                break
+            ids.append(nxt)
+            logits = self._forward_ids([nxt])
+        self._forward_ids([end], need_logits=False)
+        self._last_item = "text"
+        return self.layout.decode(ids)
+
+    # ------------------------------------------------------------------ model calls
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._forward_ids(self.layout.prefix(self.system).ids, need_logits=False)
+
+    def _forward(self, chunk: Chunk, frame_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward_ids(chunk.ids, frame_tokens)
+
+    @torch.inference_mode()
+    def _forward_ids(self, ids: list[int], frame_tokens: torch.Tensor | None = None,
+                     need_logits: bool = True) -> torch.Tensor | None:
+        """Append ``ids`` to the cache at the true positions; logits (V,) of the last one."""
+        self._start()
+        dev = self.model.device
+        input_ids = torch.tensor([ids], device=dev)
+        positions = torch.arange(self.position, self.position + len(ids), device=dev)[None]
+        out = self.model(input_ids, frame_tokens=frame_tokens, position_ids=positions, cache=self.cache,
+                         logits_to_keep=1)
+        self.position += len(ids)
+        return out.logits[0, -1] if need_logits else None
+
+    @torch.inference_mode()
+    def _encode(self, frames: list) -> torch.Tensor:
+        """Frames -> frame tokens (N, T, D), continuing the previous-frame channel across calls."""
+        pixels = self.model.preprocess(frames, previous=self._prev_pixels)
+        self._prev_pixels = pixels[-1, :3].clone()
+        return self.model.frame_embeddings(pixels)
+
+    def _next_time(self, t: float | None) -> float:
+        if t is None:
+            return 0.0 if self.frames_seen == 0 else self.clock + 1.0 / self.fps
+        t = float(t)
+        if not math.isfinite(t):
+            raise SourceError(f"frame time {t!r} is not a finite number of seconds: pass t >= 0 or leave it out")
+        if t < self.clock - EPS:
+            raise SourceError(f"frame time {t:.3f}s is before the previous frame's {self.clock:.3f}s: frames must "
+                              "come in time order (call session.reset() to start a new stream)")
+        return t
+
+
+def _take(it: Iterator, n: int) -> tuple[list, Exception | None]:
+    """Up to ``n`` items from ``it``; a SourceError mid-way is returned, not raised."""
+    items = []
+    try:
+        for _ in range(n):
+            items.append(next(it))
+    except StopIteration:
+        pass
+    except SourceError as err:
+        return items, err
+    return items, None
+
+
+def frames_of(frames: Iterable[np.ndarray], fps: float) -> Iterator[tuple[float, np.ndarray]]:
+    """Attach times ``i / fps`` to bare frames."""
+    for i, f in enumerate(frames):
+        yield i / fps, f

@@ -1,0 +1,412 @@
+"""``mmlc train``: the staged LIVE recipe, through accelerate, resumable at any step.
+
+The run folder holds everything::
+
+    OUT/recipe.json          the recipe and the model config (a rerun must match it, or it refuses)
+    OUT/tokenizer/           the tokenizer trained on ShapeWorld text (first step)
+    OUT/checkpoint/          model.safetensors, optimizer.safetensors, heads.safetensors, state.json
+    OUT/metrics.jsonl        one line per evaluation (after each stage) and per logged step
+    OUT/model/               the final model (config.json + model.safetensors + tokenizer)
+
+Examples are drawn from seeds derived from (recipe seed, stage, step, process), so a resumed run sees
+exactly the data the interrupted one would have. Optimizer state is stored as safetensors too (no
+pickle anywhere). With several processes (``accelerate launch``) each draws its own examples and
+gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mmlc.data import shapeworld as sw
+from mmlc.data.tokenizer import train_tokenizer
+from mmlc.errors import ConfigError, MmlcError
+from mmlc.models.layout import DECISION, IGNORE, TEXT
+from mmlc.models.loading import build, load_weights, save_pretrained
+from mmlc.models.presets import preset
+from mmlc.train import examples as ex
+from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
+from mmlc.train.vision_aux import AuxHeads, attribute_classes, aux_loss, sample_pairs
+
+EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
+
+
+# ---------------------------------------------------------------------- batches
+def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
+    """Examples -> padded ids/labels/kinds (B, L), attention mask, and pixels (N, C, S, S)."""
+    lay = model.layout
+    seqs = []
+    for e in examples:
+        seq = lay.build(e.items)
+        if not e.decisions:
+            seq.labels = [IGNORE if k == DECISION else y for y, k in zip(seq.labels, seq.kinds)]
+            seq.kinds = [0 if k == DECISION else k for k in seq.kinds]
+        seqs.append(seq)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), lay.end_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    kinds = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        n = len(s)
+        ids[b, :n] = torch.tensor(s.ids)
+        labels[b, :n] = torch.tensor(s.labels)
+        kinds[b, :n] = torch.tensor(s.kinds)
+        mask[b, :n] = 1
+    with torch.no_grad():
+        pixels = torch.cat([model.preprocess(torch.from_numpy(e.frames),
+                                             previous=model.preprocess(torch.from_numpy(e.previous[None]))[0, :3])
+                            for e in examples])
+    dev = model.device
+    return {"input_ids": ids.to(dev), "labels": labels.to(dev), "kinds": kinds.to(dev),
+            "attention_mask": mask.to(dev), "pixels": pixels}
+
+
+def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False) -> tuple[dict, torch.Tensor]:
+    """Forward + LIVE loss on a batch; returns (loss parts, logits).
+
+    Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
+    logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation.
+    """
+    if train_vision:
+        tokens = model.frame_embeddings(batch["pixels"])
+    else:
+        with torch.no_grad():
+            feats = model.vision_features(batch["pixels"])
+        tokens = model.connector(feats)
+    if full_logits:
+        out = model(batch["input_ids"], frame_tokens=tokens, attention_mask=batch["attention_mask"])
+        return model.live_loss(out.logits, batch["labels"], batch["kinds"]), out.logits
+    embeds = model.embed(batch["input_ids"], tokens)
+    hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+    keep = batch["labels"] >= 0
+    logits = model.lm.get_output_embeddings()(hidden[keep])
+    return model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep]), logits
+
+
+def draw_batch(model, stage: Stage, rng: np.random.Generator) -> list[ex.Example]:
+    """``batch_size`` examples, fewer when the padded batch (B x longest) would pass ``max_batch_tokens``."""
+    build_one = ex.BUILDERS[stage.name]
+    batch, longest = [], 0
+    per_frame = model.config.frames.tokens_per_frame + 1
+    while len(batch) < stage.batch_size:
+        e = build_one(rng)
+        cost = len(e.frames) * per_frame + 12 * sum(1 for i in e.items if not isinstance(i, ex.Frame))
+        if batch and stage.max_batch_tokens and (len(batch) + 1) * max(longest, cost) > stage.max_batch_tokens:
+            break
+        batch.append(e)
+        longest = max(longest, cost)
+    return batch
+
+
+# ---------------------------------------------------------------------- evaluation
+WORD_CLASSES = {
+    "colour": set(sw.COLOURS), "shape": set(sw.SHAPES) | set(sw.NEEDLE_SHAPES), "room": set(sw.ROOMS),
+    "direction": {"left", "right", "up", "down"}, "number": set(sw.NUMBER_WORDS),
+    "event": {"appears", "leaves", "moves", "stops", "turns", "changes"},
+}
+
+
+@torch.no_grad()
+def grounding_report(model, examples: list[ex.Example]) -> dict:
+    """Teacher-forced grounding on held-out examples.
+
+    decision accuracy (argmax of interval vs assistant at each frame decision), speak recall/precision,
+    reply token accuracy, per word class (colour, shape, room, direction, number, event word) the
+    accuracy of predicting that word's first token, and the fraction of replies fully right.
+    """
+    model.eval()
+    lay, tok = model.layout, model.tokenizer
+    counts: dict[str, list[int]] = {}
+
+    def add(key: str, ok: bool) -> None:
+        c = counts.setdefault(key, [0, 0])
+        c[0] += int(ok)
+        c[1] += 1
+
+    for i in range(0, len(examples), 8):
+        chunk = examples[i:i + 8]
+        batch = collate(model, chunk)
+        parts, logits = lm_step(model, batch, full_logits=True)
+        add_loss = counts.setdefault("loss_sum", [0, 0])
+        add_loss[0] += float(parts["loss"]) * len(chunk)
+        add_loss[1] += len(chunk)
+        pred = logits.argmax(-1)
+        speak_vs = logits[..., lay.assistant_id] > logits[..., lay.interval_id]
+        for b in range(len(chunk)):
+            labels, kinds = batch["labels"][b], batch["kinds"][b]
+            reply_ok, in_reply = True, False
+            for pos in range(labels.shape[0]):
+                y, k = int(labels[pos]), int(kinds[pos])
+                if k == DECISION:
+                    want = y == lay.assistant_id
+                    add("decision", bool(speak_vs[b, pos]) == want)
+                    add("speak_recall" if want else "silent_recall", bool(speak_vs[b, pos]) == want)
+                elif k == TEXT:
+                    ok = int(pred[b, pos]) == y
+                    add("reply_token", ok)
+                    reply_ok &= ok
+                    in_reply = True
+                    word = tok.decode([y]).strip().strip(".").lower()
+                    for cls, words in WORD_CLASSES.items():
+                        if word in words:
+                            add(cls, ok)
+                    if y == lay.end_id:
+                        add("reply_exact", reply_ok)
+                        reply_ok, in_reply = True, False
+    report = {k: round(v[0] / v[1], 4) for k, v in counts.items() if v[1] and k != "loss_sum"}
+    report["loss"] = round(counts["loss_sum"][0] / max(counts["loss_sum"][1], 1), 4)
+    report["n"] = {k: v[1] for k, v in counts.items() if k != "loss_sum"}
+    return report
+
+
+# ---------------------------------------------------------------------- optimizer state (safetensors)
+def save_optimizer(opt: torch.optim.Optimizer, file: Path) -> None:
+    tensors = {}
+    for i, group in enumerate(opt.param_groups):
+        for j, p in enumerate(group["params"]):
+            for name, value in opt.state.get(p, {}).items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"{i}.{j}.{name}"] = t.detach().cpu().contiguous()
+    save_file(tensors, str(file))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, file: Path) -> None:
+    tensors = load_file(str(file))
+    for i, group in enumerate(opt.param_groups):
+        for j, p in enumerate(group["params"]):
+            state = {name.split(".", 2)[2]: t.to(p.device) for name, t in tensors.items()
+                     if name.startswith(f"{i}.{j}.")}
+            if state:
+                opt.state[p] = state
+
+
+def lr_at(stage: Stage, step: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the stage's lr."""
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    frac = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+# ---------------------------------------------------------------------- the run
+class Run:
+    """A training run in folder ``out``: prepares, resumes, trains the stages, saves the model."""
+
+    def __init__(self, recipe: Recipe, out: Path, *, device=None, progress: bool = True, log=print):
+        from accelerate import Accelerator
+
+        self.recipe, self.out, self.progress, self.log = recipe, Path(out), progress, log
+        cpu = device in (None, "cpu")
+        self.acc = Accelerator(cpu=cpu)
+        self.main = self.acc.is_main_process
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    # -- folder --------------------------------------------------------------------------------
+    def prepare_folder(self, resume: bool = True) -> dict | None:
+        """Create the run folder, or check an existing one belongs to this recipe; return the state."""
+        out = self.out
+        recipe_file = out / "recipe.json"
+        if out.exists() and any(out.iterdir()):
+            if not recipe_file.is_file():
+                raise MmlcError(f"output folder '{out}' exists and is not an mmlc training run (no recipe.json): "
+                                "pass a new --out folder, or an earlier run's folder to resume it")
+            saved = json.loads(recipe_file.read_text())
+            if saved.get("recipe") != self.recipe.to_dict():
+                raise MmlcError(f"output folder '{out}' holds a run of another recipe ('{saved.get('recipe', {}).get('name')}' "
+                                "with other settings): pass a new --out folder")
+            if (out / "model" / "model.safetensors").is_file():
+                raise MmlcError(f"output folder '{out}' holds a finished run (model/ exists): pass a new --out folder "
+                                "to train again")
+            if not resume:
+                raise MmlcError(f"output folder '{out}' holds an unfinished run: rerun without --no-resume to resume it, "
+                                "or pass a new --out folder")
+            state_file = out / "checkpoint" / "state.json"
+            return json.loads(state_file.read_text()) if state_file.is_file() else None
+        out.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            recipe_file.write_text(json.dumps({"recipe": self.recipe.to_dict(),
+                                               "config": preset(self.recipe.preset).to_dict()}, indent=2) + "\n")
+        return None
+
+    # -- tokenizer -----------------------------------------------------------------------------
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        folder = self.out / "tokenizer"
+        if (folder / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(folder)
+        rng = np.random.default_rng(self.recipe.seed)
+        texts = list(corpus(rng, self.recipe.tokenizer_episodes))
+        tok = train_tokenizer(texts, self.recipe.tokenizer_vocab, preset(self.recipe.preset).template)
+        if self.main:
+            tok.save_pretrained(folder)
+        return tok
+
+    # -- main loop -----------------------------------------------------------------------------
+    def train(self, resume: bool = True) -> Path:
+        state = self.prepare_folder(resume)
+        t0 = time.time()
+        model = build(preset(self.recipe.preset), self.tokenizer(), seed=self.recipe.seed)
+        model.to(self.acc.device)
+        heads = AuxHeads(model.config.vision.hidden_size * model.config.frames.tokens_per_frame,
+                         attribute_classes(sw.WorldConfig())).to(self.acc.device)
+        ckpt = self.out / "checkpoint"
+        start_stage, start_step, elapsed = 0, 0, 0.0
+        if state is not None:
+            load_weights(model, ckpt / "model.safetensors")
+            if (ckpt / "heads.safetensors").is_file():
+                load_weights(heads, ckpt / "heads.safetensors")
+            start_stage, start_step, elapsed = state["stage"], state["step"], state.get("elapsed", 0.0)
+            self.log(f"resuming stage {start_stage} ({self.recipe.stages[start_stage].name}) at step {start_step}")
+        for s_idx in range(start_stage, len(self.recipe.stages)):
+            stage = self.recipe.stages[s_idx]
+            step0 = start_step if s_idx == start_stage else 0
+            elapsed = self._train_stage(model, heads, s_idx, stage, step0, elapsed, t0)
+            t0 = time.time()
+        if self.main:
+            final = save_pretrained(model, self.out / "model.tmp")
+            os.replace(final, self.out / "model")
+            self.log(f"training done in {elapsed / 60:.1f} min: {self.out / 'model'}")
+        return self.out / "model"
+
+    def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
+        vision = stage.name == "vision"
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trainable = list(model.vision.parameters()) + list(heads.parameters()) if vision else \
+            list(model.connector.parameters()) + list(model.lm.parameters())
+        for p in trainable:
+            p.requires_grad_(True)
+        params = list({id(p): p for p in trainable}.values())
+        opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.recipe.weight_decay, betas=(0.9, 0.98))
+        ckpt = self.out / "checkpoint"
+        if step0 > 0 and (ckpt / "optimizer.safetensors").is_file():
+            load_optimizer(opt, ckpt / "optimizer.safetensors")
+        bar = tqdm(total=stage.steps, initial=step0, desc=f"stage {s_idx + 1}/{len(self.recipe.stages)} {stage.name}",
+                   disable=not (self.progress and self.main), dynamic_ncols=True)
+        world = lambda rng: ex.training_world(rng, 60.0)  # noqa: E731
+        log_file = self.out / "metrics.jsonl"
+        ema = None
+        model.train()
+        for step in range(step0, stage.steps):
+            rng = np.random.default_rng([self.recipe.seed, s_idx, step, self.acc.process_index])
+            for g in opt.param_groups:
+                g["lr"] = lr_at(stage, step)
+            if vision:
+                prevs, curs, labels = sample_pairs(rng, stage.batch_size, world)
+                loss, _ = aux_loss(model, heads, prevs, curs, labels)
+                parts = {"loss": loss}
+            else:
+                batch = collate(model, draw_batch(model, stage, rng))
+                parts, _ = lm_step(model, batch)
+                loss = parts["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._average_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            value = float(loss.detach())
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            bar.set_postfix(loss=f"{ema:.3f}")
+            bar.update(1)
+            if self.main and (step + 1) % 25 == 0:
+                with open(log_file, "a") as f:
+                    f.write(json.dumps({"stage": stage.name, "step": step + 1, "loss": round(ema, 4),
+                                        **{k: round(float(v), 4) for k, v in parts.items()},
+                                        "elapsed": round(elapsed + time.time() - t0, 1)}) + "\n")
+            if (step + 1) % self.recipe.save_every == 0 and step + 1 < stage.steps:
+                self._save(model, heads, opt, s_idx, step + 1, elapsed + time.time() - t0)
+        bar.close()
+        elapsed += time.time() - t0
+        report = self.evaluate(model, heads, stage)
+        self.log(f"after stage {stage.name}: {json.dumps(report)}")
+        if self.main:
+            with open(log_file, "a") as f:
+                f.write(json.dumps({"stage": stage.name, "eval": report, "elapsed": round(elapsed, 1)}) + "\n")
+        next_stage = s_idx + 1
+        self._save(model, heads, None, next_stage, 0, elapsed)
+        model.train()
+        return elapsed
+
+    def _average_gradients(self, params: list) -> None:
+        """Data parallel: the mean gradient over processes (each drew its own examples)."""
+        if self.acc.num_processes == 1:
+            return
+        import torch.distributed as dist
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.acc.num_processes)
+
+    def evaluate(self, model, heads, stage: Stage) -> dict:
+        model.eval()
+        rng = np.random.default_rng([EVAL_SEED, ex.STAGES.index(stage.name) + 1 if stage.name in ex.STAGES else 0])
+        with torch.no_grad():
+            if stage.name == "vision":
+                world = lambda r: ex.training_world(r, 60.0)  # noqa: E731
+                prevs, curs, labels = sample_pairs(rng, stage.eval_examples, world)
+                _, acc = aux_loss(model, heads, prevs, curs, labels)
+                groups: dict[str, list[float]] = {}
+                for k, v in acc.items():
+                    groups.setdefault(k.split("_", 1)[-1] if "_" in k and k.split("_")[0] in sw.SHAPES else k,
+                                      []).append(v)
+                return {k: round(float(np.mean(v)), 4) for k, v in groups.items()}
+            examples = [ex.BUILDERS[stage.name](rng) for _ in range(stage.eval_examples)]
+            return grounding_report(model, examples)
+
+    def _save(self, model, heads, opt, stage: int, step: int, elapsed: float) -> None:
+        if not self.main:
+            return
+        ckpt, tmp = self.out / "checkpoint", self.out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        from safetensors.torch import save_model
+        save_model(model, str(tmp / "model.safetensors"))
+        save_model(heads, str(tmp / "heads.safetensors"))
+        if opt is not None:
+            save_optimizer(opt, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"stage": stage, "step": step, "elapsed": round(elapsed, 1)}))
+        old = self.out / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def corpus(rng: np.random.Generator, n_episodes: int):
+    """Every text the model will read or say: narration, questions, answers, descriptions."""
+    for _ in range(n_episodes):
+        ep = ex.episode(rng)
+        truth = ep.truth()
+        for n in truth["narration"]:
+            yield n["text"]
+        for qa in truth["qa"]:
+            yield qa["question"]
+            yield qa["answer"]
+        for i in range(0, ep.n_frames, 20):
+            for q, a in sw.state_questions(ep.states[i]):
+                yield q
+                yield a
+
+
+def train(recipe_name: str, out: str | os.PathLike, *, device=None, resume: bool = True, progress: bool = True,
+          log=print) -> Path:
+    """Run (or resume) recipe ``recipe_name`` into folder ``out``; returns the final model folder."""
+    rec = get_recipe(recipe_name)
+    if device not in (None, "cpu", "cuda", "auto"):
+        raise ConfigError(f"device {device!r} is not supported for training: use cpu, cuda or auto "
+                          "(several GPUs: accelerate launch -m mmlc train ...)")
+    return Run(rec, Path(out), device=None if device in (None, "cpu") else "cuda", progress=progress,
+               log=log).train(resume=resume)
