@@ -143,8 +143,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.task == "narration":
-        from mmlc.evals.narration import run_narration_eval
+        from mmlc.evals.narration import resolve_data, run_narration_eval
 
+        resolve_data(args.data, args.seed)  # bad data fails before the model loads
         model = _load_model(args)
         report = run_narration_eval(model, args.data, seed=args.seed, threshold=args.threshold, json_out=args.json,
                                     progress=not args.no_progress, model_name=args.model or "mmlc-tiny")

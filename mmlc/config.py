@@ -40,11 +40,14 @@ def _require(ok: bool, name: str, value: Any, expected: str) -> None:
 class VisionConfig:
     """The vision tower: a transformers vision config (``hf`` must hold its ``model_type``).
 
-    ``image_size`` and ``num_channels`` are read from ``hf``; ``image_mean``/``image_std`` normalise
-    pixels in [0, 1] per channel (SigLIP uses 0.5/0.5; CLIP its ImageNet-like statistics).
+    Towers with patch tokens (SigLIP, CLIP) and convolutional ones with a feature map (ResNet) both
+    work. ``size`` is the square input size (0: the config's ``image_size``, else 224);
+    ``num_channels`` is read from ``hf``; ``image_mean``/``image_std`` normalise pixels in [0, 1] per
+    channel (SigLIP uses 0.5/0.5; CLIP its ImageNet-like statistics).
     """
 
     hf: dict = field(default_factory=dict)
+    size: int = 0
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -53,12 +56,15 @@ class VisionConfig:
                  "a transformers vision config dict with a 'model_type' (e.g. 'siglip_vision_model')")
         self.image_mean = tuple(float(x) for x in self.image_mean)
         self.image_std = tuple(float(x) for x in self.image_std)
+        _require(isinstance(self.size, int) and self.size >= 0, "vision.size", self.size, "an int >= 0 (0: from hf)")
         _require(len(self.image_mean) == 3, "vision.image_mean", self.image_mean, "3 numbers")
         _require(len(self.image_std) == 3 and all(s > 0 for s in self.image_std),
                  "vision.image_std", self.image_std, "3 positive numbers")
 
     @property
     def image_size(self) -> int:
+        if self.size:
+            return int(self.size)
         size = self.hf.get("image_size", 224)
         return int(size[0] if isinstance(size, (list, tuple)) else size)
 
@@ -68,7 +74,10 @@ class VisionConfig:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.hf["hidden_size"])
+        """Width of the tower's output tokens (``hidden_size``, or the last of ``hidden_sizes``)."""
+        if "hidden_size" in self.hf:
+            return int(self.hf["hidden_size"])
+        return int(self.hf["hidden_sizes"][-1])
 
 
 @dataclass

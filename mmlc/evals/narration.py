@@ -207,10 +207,8 @@ def _weighted(pairs: list[tuple[float, int]]) -> float | None:
     return round(sum(v * n for v, n in pairs) / total, 4) if total else None
 
 
-def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: float | None = None,
-                       json_out: str | None = None, progress: bool = True, model_name: str = "") -> dict:
-    """Evaluate ``model`` on ``data`` (a folder, or ``shapeworld:N``); resumable through ``json_out``."""
-    threshold = model.config.stream.threshold if threshold is None else threshold
+def resolve_data(data: str, seed: int = EVAL_SEED) -> tuple[list | Iterator, int]:
+    """``shapeworld:N`` or a folder -> (episodes, count); bad input fails here, before any work."""
     if data.startswith("shapeworld:"):
         try:
             n = int(data.split(":", 1)[1])
@@ -218,11 +216,16 @@ def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: fl
             n = 0
         if n <= 0:
             raise MmlcError(f"--data {data!r}: the number after 'shapeworld:' must be a positive integer, e.g. shapeworld:20")
-        episodes: list | Iterator = shapeworld_episodes(n, seed)
-        total = n
-    else:
-        episodes = folder_episodes(data)
-        total = len(episodes)
+        return shapeworld_episodes(n, seed), n
+    episodes = folder_episodes(data)
+    return episodes, len(episodes)
+
+
+def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: float | None = None,
+                       json_out: str | None = None, progress: bool = True, model_name: str = "") -> dict:
+    """Evaluate ``model`` on ``data`` (a folder, or ``shapeworld:N``); resumable through ``json_out``."""
+    threshold = model.config.stream.threshold if threshold is None else threshold
+    episodes, total = resolve_data(data, seed)
     partial = Path(str(json_out) + ".episodes.jsonl") if json_out else None
     done: dict[str, dict] = {}
     if partial is not None and partial.is_file():

@@ -183,8 +183,8 @@ def load_weights(model: torch.nn.Module, file: Path, *, prefix: str = "", strict
         if key in own and own[key].shape != value.shape:
             raise CheckpointError(f"weights file '{file}': tensor '{prefix}{key}' has shape {tuple(value.shape)} but "
                                   f"the model expects {tuple(own[key].shape)}: the config does not match these weights")
-    tied = _tied_names(model)
-    missing = [k for k in own if k not in state and k not in tied]
+    groups = _shared_groups(model)
+    missing = [k for k in own if not any(name in state for name in groups.get(k, [k]))]
     unexpected = [k for k in state if k not in own]
     if strict and (missing or unexpected):
         raise CheckpointError(f"weights file '{file}' does not fit the model: missing {missing[:5]}"
@@ -193,16 +193,12 @@ def load_weights(model: torch.nn.Module, file: Path, *, prefix: str = "", strict
     model.load_state_dict(state, strict=False)
 
 
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    """Names of parameters that share storage with an earlier one (tied embeddings)."""
-    seen, tied = {}, set()
+def _shared_groups(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Name -> all names sharing its storage (tied embeddings are saved once, under one name)."""
+    by_ptr: dict[int, list[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        key = tensor.data_ptr()
-        if key in seen:
-            tied.add(name)
-        else:
-            seen[key] = name
-    return tied
+        by_ptr.setdefault(tensor.data_ptr(), []).append(name)
+    return {name: names for names in by_ptr.values() for name in names}
 
 
 def save_pretrained(model: StreamingLM, path: str | os.PathLike) -> Path:
@@ -239,15 +235,14 @@ def load_from_transformers(vision_dir, lm_dir, weights=None, *, device=None, dty
     vision_model = _load_vision(vision_dir, vcfg)
     lm_model = AutoModelForCausalLM.from_pretrained(lm_dir, use_safetensors=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
-    base = MmlcConfig(name=f"{vision_dir.name}+{lm_dir.name}")
-    template = base.template
+    template = TemplateConfig()
     missing = [t for t in template.special_tokens() if len(tokenizer.encode(t, add_special_tokens=False)) != 1]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
         lm_model.resize_token_embeddings(len(tokenizer))
     mean, std = _preprocessor_stats(vision_dir)
     config = MmlcConfig(
-        name=base.name,
+        name=f"{vision_dir.name}+{lm_dir.name}",
         vision=VisionConfig(hf=vision_model.config.to_dict(), image_mean=mean, image_std=std),
         frames=FramesConfig(pooled=True, grid=3, temporal="none"),
         lm=LMConfig(hf=lm_model.config.to_dict()),

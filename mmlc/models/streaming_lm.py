@@ -93,28 +93,41 @@ class StreamingLM(nn.Module):
             x = torch.cat([x, prev], dim=1)
         return x.to(self.dtype)
 
-    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels (N, C, S, S) -> frame features at the vision width (N, T, Dv).
+    def vision_maps(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels (N, C, S, S) -> (feature map (N, Dv, h, w), pooled output (N, Dv)).
 
-        T = [pooled output] + grid x grid adaptive average pool of the patch grid. A leading CLS
-        token (CLIP) is dropped from the patch grid when the token count is square plus one.
+        Patch-token towers (SigLIP, CLIP) are reshaped to their grid, dropping a leading CLS token
+        when the token count is a square plus one; convolutional towers (ResNet, ConvNeXt) give
+        their last feature map. Without a pooled output the map's mean stands in.
         """
         out = self.vision(pixel_values=pixels)
-        patches = out.last_hidden_state  # (N, P, Dv)
-        n_patch = patches.shape[1]
-        side = math.isqrt(n_patch)
-        if side * side != n_patch:
-            patches, side = patches[:, 1:], math.isqrt(n_patch - 1)
+        maps = out.last_hidden_state
+        if maps.ndim == 3:  # patch tokens (N, P, Dv)
+            n_patch = maps.shape[1]
+            side = math.isqrt(n_patch)
+            if side * side != n_patch:
+                maps, side = maps[:, 1:], math.isqrt(n_patch - 1)
+            maps = maps.transpose(1, 2).reshape(maps.shape[0], -1, side, side)
+        pooled = getattr(out, "pooler_output", None)
+        pooled = maps.mean((2, 3)) if pooled is None else pooled.flatten(1)
+        return maps, pooled
+
+    def frame_features(self, maps: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """(feature map, pooled) -> frame features (N, T, Dv): [pooled] + grid x grid average pool."""
         tokens = []
         fc = self.config.frames
         if fc.pooled:
-            pooled = getattr(out, "pooler_output", None)
-            tokens.append((pooled if pooled is not None else patches.mean(1))[:, None])
+            tokens.append(pooled[:, None])
         if fc.grid:
-            grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
-            grid = F.adaptive_avg_pool2d(grid, fc.grid).flatten(2).transpose(1, 2)  # (N, k*k, Dv)
-            tokens.append(grid)
+            tokens.append(F.adaptive_avg_pool2d(maps, fc.grid).flatten(2).transpose(1, 2))  # (N, k*k, Dv)
         return torch.cat(tokens, dim=1)
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, C, S, S) -> frame features at the vision width (N, T, Dv).
+
+        T = [pooled output] + grid x grid adaptive average pool of the tower's patch grid or map.
+        """
+        return self.frame_features(*self.vision_maps(pixels))
 
     def frame_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (N, C, S, S) -> frame tokens at the LM width (N, T, D)."""
@@ -180,11 +193,12 @@ class StreamingLM(nn.Module):
         """A new :class:`~mmlc.streaming.session.StreamSession` on this model.
 
         Unset options take the config's ``stream`` defaults. Other options: ``interval_seconds``
-        (trigger ``interval``), ``system`` (system prompt), ``batch_frames`` (vision batch for files).
+        (trigger ``interval``), ``system`` (system prompt), ``batch_frames`` (vision batch for files),
+        ``keep_history`` (record every fed token, to replay or inspect the stream).
         """
         from mmlc.streaming.session import StreamSession
 
-        allowed = {"interval_seconds", "system", "batch_frames"}
+        allowed = {"interval_seconds", "system", "batch_frames", "keep_history"}
         unknown = set(options) - allowed
         if unknown:
             raise ConfigError(f"unknown stream options {sorted(unknown)}: known are fps, threshold, trigger, "
@@ -193,7 +207,8 @@ class StreamingLM(nn.Module):
         self._layout()
         return StreamSession(
             self, fps=sc.fps if fps is None else fps, threshold=sc.threshold if threshold is None else threshold,
-            trigger=trigger or sc.trigger, max_reply_tokens=max_reply_tokens or sc.max_reply_tokens,
+            trigger=sc.trigger if trigger is None else trigger,
+            max_reply_tokens=sc.max_reply_tokens if max_reply_tokens is None else max_reply_tokens,
             interval_seconds=options.pop("interval_seconds", sc.interval_seconds), **options)
 
     def save_pretrained(self, path) -> "Path":

@@ -65,7 +65,7 @@ class StreamSession:
 
     def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
                  interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
-                 batch_frames: int = 16):
+                 batch_frames: int = 16, keep_history: bool = False):
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
         if not 0.0 <= threshold <= 1.0:
@@ -87,6 +87,7 @@ class StreamSession:
         self.max_reply_tokens = int(max_reply_tokens)
         self.system = system
         self.batch_frames = int(batch_frames)
+        self.keep_history = keep_history
         vocab = model.lm.get_input_embeddings().weight.shape[0]
         lay = self.layout
         banned = [lay.bos_id, lay.frame_id, lay.memory_id, lay.interval_id, lay.user_id, lay.assistant_id]
@@ -97,7 +98,7 @@ class StreamSession:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget everything: cache, clock, questions, dialogue."""
-        self.cache = DynamicCache(config=self.model.lm.config)
+        self.cache = DynamicCache(config=getattr(self.model.lm, "config", None))
         self.position = 0          # true number of tokens fed (RoPE positions continue from here)
         self.frames_seen = 0
         self.clock = -math.inf     # time of the last frame fed
@@ -108,6 +109,10 @@ class StreamSession:
         self._last_spoke = -math.inf
         self._prev_pixels: torch.Tensor | None = None
         self._started = False
+        self.last_logits: torch.Tensor | None = None  # (V,) at the last frame's decision
+        # With keep_history: every fed id and frame-token block, to replay the stream in one forward.
+        self.history_ids: list[int] = []
+        self.history_frames: list[torch.Tensor] = []
 
     def stats(self) -> dict:
         """Current KV length, true position, frames seen, pending questions and events so far."""
@@ -182,6 +187,7 @@ class StreamSession:
             events.append(self._respond(q, tq))
         chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
         logits = self._forward(chunk, frame_tokens[None])
+        self.last_logits = logits
         self.frames_seen += 1
         self.clock = t
         self._last_item = "frame"
@@ -244,6 +250,10 @@ class StreamSession:
         out = self.model(input_ids, frame_tokens=frame_tokens, position_ids=positions, cache=self.cache,
                          logits_to_keep=1)
         self.position += len(ids)
+        if self.keep_history:
+            self.history_ids += list(ids)
+            if frame_tokens is not None:
+                self.history_frames.append(frame_tokens.reshape(-1, frame_tokens.shape[-1]))
         return out.logits[0, -1] if need_logits else None
 
     @torch.inference_mode()

@@ -36,7 +36,7 @@ from mmlc.models.loading import build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
-from mmlc.train.vision_aux import AuxHeads, attribute_classes, aux_loss, sample_pairs
+from mmlc.train.vision_aux import aux_loss, make_heads, map_side, sample_pairs
 
 EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
@@ -259,8 +259,7 @@ class Run:
         t0 = time.time()
         model = build(preset(self.recipe.preset), self.tokenizer(), seed=self.recipe.seed)
         model.to(self.acc.device)
-        heads = AuxHeads(model.config.vision.hidden_size * model.config.frames.tokens_per_frame,
-                         attribute_classes(sw.WorldConfig())).to(self.acc.device)
+        heads = make_heads(model).to(self.acc.device)
         ckpt = self.out / "checkpoint"
         start_stage, start_step, elapsed = 0, 0, 0.0
         if state is not None:
@@ -297,6 +296,7 @@ class Run:
                    disable=not (self.progress and self.main), dynamic_ncols=True)
         world = lambda rng: ex.training_world(rng, 60.0)  # noqa: E731
         log_file = self.out / "metrics.jsonl"
+        side = map_side(model) if vision else 0
         ema = None
         model.train()
         for step in range(step0, stage.steps):
@@ -304,7 +304,7 @@ class Run:
             for g in opt.param_groups:
                 g["lr"] = lr_at(stage, step)
             if vision:
-                prevs, curs, labels = sample_pairs(rng, stage.batch_size, world)
+                prevs, curs, labels = sample_pairs(rng, stage.batch_size, world, dense_side=side)
                 loss, _ = aux_loss(model, heads, prevs, curs, labels)
                 parts = {"loss": loss}
             else:
@@ -327,6 +327,10 @@ class Run:
                                         "elapsed": round(elapsed + time.time() - t0, 1)}) + "\n")
             if (step + 1) % self.recipe.save_every == 0 and step + 1 < stage.steps:
                 self._save(model, heads, opt, s_idx, step + 1, elapsed + time.time() - t0)
+            if vision and self.main and (step + 1) % (3 * self.recipe.save_every) == 0 and step + 1 < stage.steps:
+                with open(log_file, "a") as f:
+                    f.write(json.dumps({"stage": stage.name, "step": step + 1, "probe": self.evaluate(model, heads, stage)}) + "\n")
+                model.train()
         bar.close()
         elapsed += time.time() - t0
         report = self.evaluate(model, heads, stage)
@@ -355,7 +359,7 @@ class Run:
         with torch.no_grad():
             if stage.name == "vision":
                 world = lambda r: ex.training_world(r, 60.0)  # noqa: E731
-                prevs, curs, labels = sample_pairs(rng, stage.eval_examples, world)
+                prevs, curs, labels = sample_pairs(rng, stage.eval_examples, world, dense_side=map_side(model))
                 _, acc = aux_loss(model, heads, prevs, curs, labels)
                 groups: dict[str, list[float]] = {}
                 for k, v in acc.items():

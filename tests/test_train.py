@@ -1,0 +1,120 @@
+"""Training: a few steps lower the loss; the staged recipe runs end to end, resumes, and refuses clashes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmlc.errors import MmlcError
+from mmlc.train import examples as ex
+from mmlc.train import trainer
+from mmlc.train.recipes import Stage, recipe
+
+
+def test_a_few_steps_lower_the_loss(tiny_model):
+    """Overfit one fixed stream batch: the LIVE loss must fall."""
+    rng = np.random.default_rng(0)
+    batch = trainer.collate(tiny_model, [ex.stream_example(rng), ex.change_example(rng)])
+    params = list(tiny_model.connector.parameters()) + list(tiny_model.lm.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    tiny_model.train()
+    losses = []
+    for _ in range(20):
+        parts, _ = trainer.lm_step(tiny_model, batch)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        losses.append(float(parts["loss"].detach()))
+    assert losses[-1] < 0.5 * losses[0]
+    assert float(parts["stream_loss"].detach()) > 0 and float(parts["text_loss"].detach()) > 0
+
+
+def test_labelled_only_loss_equals_full_logits_loss(tiny_model):
+    rng = np.random.default_rng(1)
+    batch = trainer.collate(tiny_model, [ex.stream_example(rng), ex.align_example(rng)])
+    with torch.no_grad():
+        fast, _ = trainer.lm_step(tiny_model, batch)
+        full, _ = trainer.lm_step(tiny_model, batch, full_logits=True)
+    for k in ("loss", "stream_loss", "text_loss"):
+        torch.testing.assert_close(fast[k], full[k], rtol=1e-4, atol=1e-5)
+
+
+def test_examples_are_valid_timelines(tiny_model):
+    rng = np.random.default_rng(2)
+    for name, build in ex.BUILDERS.items():
+        for _ in range(5):
+            e = build(rng)
+            n_frames = sum(isinstance(i, ex.Frame) for i in e.items)
+            assert n_frames == len(e.frames) >= 1
+            seq = tiny_model.layout.build(e.items)
+            assert seq.ids.count(tiny_model.layout.frame_id) == n_frames * tiny_model.layout.tokens_per_frame
+    # change examples are balanced between ending on an event and not
+    ends = [isinstance(ex.change_example(rng).items[-1], ex.Reply) for _ in range(60)]
+    assert 0.3 < np.mean(ends) < 0.8
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    trainer.save_optimizer(opt, tmp_path / "opt.safetensors")
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = torch.optim.AdamW([q], lr=0.1)
+    trainer.load_optimizer(opt2, tmp_path / "opt.safetensors")
+    torch.testing.assert_close(opt2.state[q]["exp_avg"], opt.state[p]["exp_avg"])
+    p.grad = q.grad = torch.ones_like(p)
+    opt.step()
+    opt2.step()
+    torch.testing.assert_close(p, q)
+
+
+def test_lr_schedule():
+    st = Stage("stream", steps=100, lr=1.0, warmup=10)
+    assert trainer.lr_at(st, 0) == pytest.approx(0.1)
+    assert trainer.lr_at(st, 9) == pytest.approx(1.0)
+    assert trainer.lr_at(st, 99) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    logs: list[str] = []
+    calls = {"n": 0}
+    real = ex.BUILDERS["change"]
+
+    def crash_on_second_step(rng):
+        calls["n"] += 1
+        if calls["n"] > 4:  # stage 'change', batch 4: the second step's examples
+            raise KeyboardInterrupt("simulated kill")
+        return real(rng)
+
+    monkeypatch.setitem(ex.BUILDERS, "change", crash_on_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train("tiny-smoke", out, progress=False, log=logs.append)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["stage"] == 2  # vision and align finished; change was interrupted
+    assert not (out / "model").exists()
+
+    monkeypatch.setitem(ex.BUILDERS, "change", real)
+    final = trainer.train("tiny-smoke", out, progress=False, log=logs.append)
+    assert any(line.startswith("resuming stage 2 (change)") for line in logs)
+    assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals if "eval" in e] == ["vision", "align", "change", "stream"]
+
+    import mmlc
+    model = mmlc.load(final)
+    assert model.config.name == "tiny-test"
+
+    with pytest.raises(MmlcError, match="finished run"):
+        trainer.train("tiny-smoke", out, progress=False, log=logs.append)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(MmlcError, match="not an mmlc training run"):
+        trainer.train("tiny-smoke", other, progress=False)
+    with pytest.raises(MmlcError, match="unknown recipe"):
+        trainer.train("enormous", tmp_path / "x", progress=False)
