@@ -41,7 +41,7 @@ class Recipe:
 
 def tiny() -> Recipe:
     return Recipe(name="tiny", preset="tiny", stages=[
-        Stage("vision", steps=1500, lr=2e-3, batch_size=64, warmup=100, eval_examples=256),
+        Stage("vision", steps=2000, lr=2e-3, batch_size=64, warmup=100, eval_examples=256),
         Stage("align", steps=500, lr=1e-3, batch_size=32, warmup=50),
         Stage("change", steps=600, lr=1e-3, batch_size=32),
         Stage("stream", steps=800, lr=7e-4, batch_size=16, max_batch_tokens=5120, warmup=50, eval_examples=16),
