@@ -154,6 +154,39 @@ def cmd_eval(args) -> int:
     raise MmlcError(f"unknown eval task {args.task!r}")
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from mmlc.bench import plot_report, run_bench, write_json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise MmlcError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines != "none" else ()
+    args.model = args.model or args.preset
+    model = _load_model(args)
+    name = args.model or "mmlc-tiny"
+    if args.init == "random":
+        name += " (random weights)"
+    log = (lambda msg: print(msg, file=sys.stderr)) if not args.no_progress else (lambda msg: None)
+    report = run_bench(model, minutes=args.minutes, fps=args.fps, reply_every=args.reply_every,
+                       reply_tokens=args.reply_tokens, batch_frames=args.batch_frames, baselines=baselines,
+                       samples=args.samples, baseline_minutes=args.baseline_minutes, size=args.size,
+                       progress=not args.no_progress, log=log, name=name)
+    if args.json:
+        write_json(report, args.json)
+    if args.plot:
+        plot_report(report, args.plot)
+    summary = {"model": name, "device": report["config"]["device"], "frames": report["stream"]["frames"],
+               "fps": report["stream"]["fps"], "frame_latency_ms": report["stream"]["frame_latency_ms"],
+               "speedup": {k: v.get("speedup") for k, v in report["baselines"].items()}}
+    if report["bound"]:
+        summary["weight_read_bound_fps"] = report["bound"]["weight_read_bound_fps"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlc", description="Streaming video and multi-image dialogue.")
@@ -198,6 +231,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default=None, help="copy the final model to this folder (e.g. mmlc/assets/mmlc-tiny)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="measure streaming speed and memory against baselines (JSON)",
+                       description="Stream a synthetic video through the whole path and report frames/s, latency "
+                                   "percentiles, reply latency, KV length and memory over time, and the same "
+                                   "measures for the baselines (interleaved re-run, per-frame vision).")
+    p.add_argument("--preset", default=None, help="preset to build (with --init random), e.g. tiny, videollm-online-8b")
+    p.add_argument("--minutes", type=float, default=10.0, help="stream length in minutes (default 10)")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second of the stream (default 2)")
+    p.add_argument("--reply-every", type=float, default=30.0, help="ask a question every N seconds (0: never)")
+    p.add_argument("--reply-tokens", type=int, default=16, help="tokens per answer (fixed, for a fixed load)")
+    p.add_argument("--baselines", default="interleaved,per_frame,no_memory",
+                   help="comma list of interleaved, per_frame, no_memory; or none")
+    p.add_argument("--baseline-minutes", type=float, default=None,
+                   help="measure baselines over the first N minutes only (default: the whole stream)")
+    p.add_argument("--samples", type=int, default=8, help="stream positions sampled for the interleaved baseline")
+    p.add_argument("--batch-frames", type=int, default=16, help="frames per vision batch ahead of the LM")
+    p.add_argument("--size", type=int, default=128, help="side of the synthetic video's frames in pixels")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the full report here")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="plot latency and memory over stream time")
+    p.add_argument("--no-progress", action="store_true")
+    _model_flags(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="evaluate a model", description="Evaluate a model.")
     p.add_argument("task", choices=["narration"], help="narration: LIVE metrics + ShapeWorld ground truth")

@@ -23,6 +23,7 @@ import heapq
 import itertools
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
@@ -65,7 +66,7 @@ class StreamSession:
 
     def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
                  interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
-                 batch_frames: int = 16, keep_history: bool = False):
+                 batch_frames: int = 16, keep_history: bool = False, profile: bool = False):
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
         if not 0.0 <= threshold <= 1.0:
@@ -88,6 +89,7 @@ class StreamSession:
         self.system = system
         self.batch_frames = int(batch_frames)
         self.keep_history = keep_history
+        self.profile = profile
         vocab = model.lm.get_input_embeddings().weight.shape[0]
         lay = self.layout
         banned = [lay.bos_id, lay.frame_id, lay.memory_id, lay.interval_id, lay.user_id, lay.assistant_id]
@@ -113,6 +115,10 @@ class StreamSession:
         # With keep_history: every fed id and frame-token block, to replay the stream in one forward.
         self.history_ids: list[int] = []
         self.history_frames: list[torch.Tensor] = []
+        # With profile: per-frame and per-reply timings (seconds), read by ``mmlc bench``.
+        self.frame_times: list[dict] = []
+        self.reply_times: list[dict] = []
+        self._encode_share = 0.0
 
     def stats(self) -> dict:
         """Current KV length, true position, frames seen, pending questions and events so far."""
@@ -185,13 +191,18 @@ class StreamSession:
         while self._pending and self._pending[0][0] < t - EPS:
             tq, _, q = heapq.heappop(self._pending)
             events.append(self._respond(q, tq))
+        start = time.perf_counter() if self.profile else 0.0
         chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
         logits = self._forward(chunk, frame_tokens[None])
         self.last_logits = logits
         self.frames_seen += 1
         self.clock = t
         self._last_item = "frame"
-        p_silent = float(torch.softmax(logits.float(), -1)[self.layout.interval_id])
+        # P(interval) without a softmax over the vocabulary; the float() is the frame's one host sync
+        p_silent = float(torch.exp(logits[self.layout.interval_id].float() - torch.logsumexp(logits.float(), -1)))
+        if self.profile:
+            self.frame_times.append({"t": t, "lm_s": time.perf_counter() - start, "vision_s": self._encode_share,
+                                     "kv_length": self.cache.get_seq_length()})
         if self._should_speak(t, p_silent):
             events.append(self._reply(t, p_silent))
         return events
@@ -202,32 +213,45 @@ class StreamSession:
         return p_silent < self.threshold
 
     def _reply(self, t: float, p_silent: float) -> Event:
+        start = time.perf_counter()
         logits = self._forward(self.layout.reply_open())
-        text = self._generate(logits)
+        text = self._generate(logits, start, "reply", t)
         self._last_spoke = t
         ev = Event(t=t, kind="reply", text=text, frame=self.frames_seen, p_silent=p_silent)
         self.dialogue.append(ev)
         return ev
 
     def _respond(self, question: str, t: float) -> Event:
+        start = time.perf_counter()
         logits = self._forward(self.layout.question_prompt(question))
-        text = self._generate(logits)
+        text = self._generate(logits, start, "answer", t)
         ev = Event(t=t, kind="answer", text=text, frame=self.frames_seen, question=question)
         self.dialogue.append(ev)
         return ev
 
-    def _generate(self, logits: torch.Tensor) -> str:
-        """Greedy-decode a reply into the cache; always leaves a closed turn (``{end}`` fed)."""
+    def _generate(self, logits: torch.Tensor, start: float = 0.0, kind: str = "reply", t: float = 0.0) -> str:
+        """Greedy-decode a reply into the cache; always leaves a closed turn (``{end}`` fed).
+
+        With ``profile``, records the time to the first token (from ``start``: prompt forward
+        included) and the mean time per further token.
+        """
         ids: list[int] = []
         end = self.layout.end_id
+        first = None
         for _ in range(self.max_reply_tokens):
             nxt = int(logits.masked_fill(self._reply_mask, -math.inf).argmax())
+            if first is None:
+                first = time.perf_counter()
             if nxt == end:
                 break
             ids.append(nxt)
             logits = self._forward_ids([nxt])
         self._forward_ids([end], need_logits=False)
         self._last_item = "text"
+        if self.profile:
+            done = time.perf_counter()
+            self.reply_times.append({"t": t, "kind": kind, "first_token_s": first - start, "tokens": len(ids) + 1,
+                                     "per_token_s": (done - first) / (len(ids) + 1)})
         return self.layout.decode(ids)
 
     # ------------------------------------------------------------------ model calls
@@ -259,9 +283,15 @@ class StreamSession:
     @torch.inference_mode()
     def _encode(self, frames: list) -> torch.Tensor:
         """Frames -> frame tokens (N, T, D), continuing the previous-frame channel across calls."""
+        start = time.perf_counter() if self.profile else 0.0
         pixels = self.model.preprocess(frames, previous=self._prev_pixels)
         self._prev_pixels = pixels[-1, :3].clone()
-        return self.model.frame_embeddings(pixels)
+        tokens = self.model.frame_embeddings(pixels)
+        if self.profile:
+            if tokens.is_cuda:
+                torch.cuda.synchronize(tokens.device)
+            self._encode_share = (time.perf_counter() - start) / len(frames)
+        return tokens
 
     def _next_time(self, t: float | None) -> float:
         if t is None:
