@@ -13,11 +13,12 @@ from mmlc.errors import CheckpointError, ConfigError, DataError, MmlcError, Sour
 from mmlc.models.loading import load
 from mmlc.models.presets import PRESETS, preset
 from mmlc.models.streaming_lm import StreamingLM
+from mmlc.streaming.chat import ChatSession
 from mmlc.streaming.session import Event, StreamSession
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "StreamingLM", "StreamSession", "Event", "MmlcConfig", "apply_overrides", "preset", "PRESETS",
+    "load", "StreamingLM", "StreamSession", "ChatSession", "Event", "MmlcConfig", "apply_overrides", "preset", "PRESETS",
     "MmlcError", "ConfigError", "SourceError", "CheckpointError", "DataError", "__version__",
 ]

@@ -116,6 +116,45 @@ def cmd_stream(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_chat(args) -> int:
+    """One-shot (a question on the command line) or interactive (turns from stdin)."""
+    model = _load_model(args)
+    chat = model.chat(system=args.system, max_reply_tokens=args.max_reply_tokens)
+    images = list(args.image or [])
+    if args.question is not None:
+        print(chat.send(args.question, images=images), flush=True)
+        if not args.interactive:
+            return 0
+        images = []
+    tty = sys.stdin.isatty()
+    if tty:
+        print("mmlc chat: type a message; '/image PATH' attaches an image to the next message, '/reset' starts "
+              "over, '/quit' (or Ctrl-D) ends.", file=sys.stderr)
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            chat.reset()
+            images = []
+            continue
+        if line.startswith("/image "):
+            images.append(line[len("/image "):].strip())
+            continue
+        try:
+            print(chat.send(line, images=images), flush=True)
+        except MmlcError as err:  # a bad image or marker count: report it, keep the conversation
+            print(f"mmlc: error: {err}", file=sys.stderr)
+        images = []
+
+
 def cmd_data(args) -> int:
     from mmlc.data.writer import write_shapeworld
 
@@ -208,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     _model_flags(p)
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("chat", help="multi-image, multi-turn chat (one-shot or interactive)",
+                       description="Ask about images. With QUESTION: answer it and exit (or continue with "
+                                   "--interactive). Without: read turns from stdin ('/image PATH' attaches an image "
+                                   "to the next turn, '/reset', '/quit'). Place images in the text with <image> or "
+                                   "<ImageHere>; without markers they are listed first as Image1:, Image2:, ...")
+    p.add_argument("question", nargs="?", default=None, help="the first message (omit for interactive mode)")
+    p.add_argument("--image", action="append", metavar="PATH", help="an image for the first message; repeatable")
+    p.add_argument("--system", default=None, help="system prompt (default: the model's)")
+    p.add_argument("--max-reply-tokens", type=int, default=None, help="cap on tokens per reply")
+    p.add_argument("--interactive", "-i", action="store_true", help="keep reading turns from stdin after QUESTION")
+    _model_flags(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("data", help="write synthetic data sets", description="Write ShapeWorld episodes.")
     p.add_argument("world", choices=["shapeworld"], help="the data generator")

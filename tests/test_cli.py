@@ -22,7 +22,7 @@ def _video(path, n=12, fps=4.0, size=(32, 24)):
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["stream"], ["data"], ["train"], ["eval"]])
+@pytest.mark.parametrize("command", [[], ["stream"], ["chat"], ["data"], ["train"], ["eval"], ["bench"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(command + ["--help"])

@@ -11,6 +11,9 @@ Format (template strings in braces)::
     {bos}{system} <v>..<v> {interval} <v>..<v> {assistant} reply {end} <v>..<v> {interval} ...
                   {user} question {assistant} answer {end} <v>..<v> ...
 
+A chat turn (multi-image dialogue) is ``{user} Image1: <v>..<v> text {assistant} answer {end}``: the
+images of the turn take frame placeholders where the user's text places them.
+
 Labels (the token each position predicts; -100 = none):
 
 - the last placeholder of each frame: ``{interval}`` (stay silent) or ``{assistant}`` (speak); a
@@ -52,6 +55,15 @@ class Question:
     """A user question inserted before the next frame, and its answer (None while streaming)."""
 
     text: str
+    answer: str | None = None
+
+
+@dataclass
+class Turn:
+    """A chat turn: the user's ``parts`` (text, or an int = the index of an image shown there) and
+    the assistant's answer (None while chatting). Images take the frame placeholders."""
+
+    parts: list
     answer: str | None = None
 
 
@@ -134,6 +146,18 @@ class StreamLayout:
         """``{user} question {assistant}``: after this the model generates the answer."""
         return _unlabelled([self.user_id] + self.text_ids(text) + [self.assistant_id])
 
+    def user_turn(self, parts: list) -> Chunk:
+        """``{user} text <v>..<v> text ... {assistant}``: strings are text, ints image indices."""
+        chunk = _unlabelled([self.user_id])
+        for part in parts:
+            if isinstance(part, str):
+                chunk.extend(_unlabelled(self.text_ids(part)))
+            else:
+                img = _unlabelled([self.frame_id] * self.tokens_per_frame)
+                img.frames = [int(part)]
+                chunk.extend(img)
+        return chunk.extend(_unlabelled([self.assistant_id]))
+
     def answer(self, text: str) -> Chunk:
         """Reply text and ``{end}``, every token labelled (the reply's own tokens predict the next)."""
         return self.answer_ids(self.text_ids(text))
@@ -163,6 +187,10 @@ class StreamLayout:
                 seq.extend(self.reply_open()).extend(self.answer(item.text))
             elif isinstance(item, Question):
                 seq.extend(self.question_prompt(item.text))
+                if item.answer is not None:
+                    seq.extend(self.answer(item.answer))
+            elif isinstance(item, Turn):
+                seq.extend(self.user_turn(item.parts))
                 if item.answer is not None:
                     seq.extend(self.answer(item.answer))
             elif isinstance(item, Memory):

@@ -212,6 +212,21 @@ class StreamingLM(nn.Module):
             max_reply_tokens=sc.max_reply_tokens if max_reply_tokens is None else max_reply_tokens,
             interval_seconds=options.pop("interval_seconds", sc.interval_seconds), **options)
 
+    def chat(self, system: str | None = None, max_reply_tokens: int | None = None, **options):
+        """A new :class:`~mmlc.streaming.chat.ChatSession` (multi-image, multi-turn) on this model.
+
+        Options: ``keep_history``, ``profile`` (as for :meth:`stream`).
+        """
+        from mmlc.streaming.chat import ChatSession
+
+        unknown = set(options) - {"keep_history", "profile"}
+        if unknown:
+            raise ConfigError(f"unknown chat options {sorted(unknown)}: known are system, max_reply_tokens, "
+                              "keep_history, profile")
+        self._layout()
+        cap = self.config.stream.max_reply_tokens if max_reply_tokens is None else max_reply_tokens
+        return ChatSession(self, system=system, max_reply_tokens=cap, **options)
+
     def save_pretrained(self, path) -> "Path":
         """Write config.json, model.safetensors and the tokenizer files to ``path``."""
         from mmlc.models.loading import save_pretrained

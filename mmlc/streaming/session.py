@@ -29,11 +29,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from mmlc.config import TRIGGERS
 from mmlc.errors import ConfigError, SourceError
-from mmlc.models.layout import Chunk
+from mmlc.streaming.decoder import CachedDecoder
 
 EPS = 1e-6
 
@@ -61,7 +60,7 @@ class Event:
         return json.dumps(self.to_dict())
 
 
-class StreamSession:
+class StreamSession(CachedDecoder):
     """One stream over a shared model: ``feed`` a source or ``push_frame`` frames, ``ask`` questions."""
 
     def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
@@ -75,54 +74,35 @@ class StreamSession:
             raise ConfigError(f"trigger {trigger!r} is unknown: use one of {TRIGGERS}")
         if interval_seconds <= 0:
             raise ConfigError(f"interval_seconds must be > 0, got {interval_seconds!r}")
-        if max_reply_tokens < 1:
-            raise ConfigError(f"max_reply_tokens must be >= 1, got {max_reply_tokens!r}")
         if batch_frames < 1:
             raise ConfigError(f"batch_frames must be >= 1, got {batch_frames!r}")
-        self.model = model
-        self.layout = model.layout
+        super().__init__(model, max_reply_tokens=max_reply_tokens, system=system, keep_history=keep_history,
+                         profile=profile)
         self.fps = float(fps)
         self.threshold = float(threshold)
         self.trigger = trigger
         self.interval_seconds = float(interval_seconds)
-        self.max_reply_tokens = int(max_reply_tokens)
-        self.system = system
         self.batch_frames = int(batch_frames)
-        self.keep_history = keep_history
-        self.profile = profile
-        vocab = model.lm.get_input_embeddings().weight.shape[0]
-        lay = self.layout
-        banned = [lay.bos_id, lay.frame_id, lay.memory_id, lay.interval_id, lay.user_id, lay.assistant_id]
-        self._reply_mask = torch.zeros(vocab, dtype=torch.bool, device=model.device)
-        self._reply_mask[banned] = True
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget everything: cache, clock, questions, dialogue."""
-        self.cache = DynamicCache(config=getattr(self.model.lm, "config", None))
-        self.position = 0          # true number of tokens fed (RoPE positions continue from here)
+        self._reset_cache()
         self.frames_seen = 0
         self.clock = -math.inf     # time of the last frame fed
         self.dialogue: list[Event] = []
         self._pending: list[tuple[float, int, str]] = []
         self._counter = itertools.count()
-        self._last_item: str | None = None   # "frame" | "text" | None (nothing since the prefix)
         self._last_spoke = -math.inf
         self._prev_pixels: torch.Tensor | None = None
-        self._started = False
         self.last_logits: torch.Tensor | None = None  # (V,) at the last frame's decision
-        # With keep_history: every fed id and frame-token block, to replay the stream in one forward.
-        self.history_ids: list[int] = []
-        self.history_frames: list[torch.Tensor] = []
-        # With profile: per-frame and per-reply timings (seconds), read by ``mmlc bench``.
-        self.frame_times: list[dict] = []
-        self.reply_times: list[dict] = []
+        self.frame_times: list[dict] = []   # with profile: per-frame timings (seconds)
         self._encode_share = 0.0
 
     def stats(self) -> dict:
         """Current KV length, true position, frames seen, pending questions and events so far."""
-        return {"kv_length": self.cache.get_seq_length() if self._started else 0, "position": self.position,
+        return {"kv_length": self.kv_length, "position": self.position,
                 "frames_seen": self.frames_seen, "pending_questions": len(self._pending),
                 "events": len(self.dialogue)}
 
@@ -228,57 +208,6 @@ class StreamSession:
         ev = Event(t=t, kind="answer", text=text, frame=self.frames_seen, question=question)
         self.dialogue.append(ev)
         return ev
-
-    def _generate(self, logits: torch.Tensor, start: float = 0.0, kind: str = "reply", t: float = 0.0) -> str:
-        """Greedy-decode a reply into the cache; always leaves a closed turn (``{end}`` fed).
-
-        With ``profile``, records the time to the first token (from ``start``: prompt forward
-        included) and the mean time per further token.
-        """
-        ids: list[int] = []
-        end = self.layout.end_id
-        first = None
-        for _ in range(self.max_reply_tokens):
-            nxt = int(logits.masked_fill(self._reply_mask, -math.inf).argmax())
-            if first is None:
-                first = time.perf_counter()
-            if nxt == end:
-                break
-            ids.append(nxt)
-            logits = self._forward_ids([nxt])
-        self._forward_ids([end], need_logits=False)
-        self._last_item = "text"
-        if self.profile:
-            done = time.perf_counter()
-            self.reply_times.append({"t": t, "kind": kind, "first_token_s": first - start, "tokens": len(ids) + 1,
-                                     "per_token_s": (done - first) / (len(ids) + 1)})
-        return self.layout.decode(ids)
-
-    # ------------------------------------------------------------------ model calls
-    def _start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._forward_ids(self.layout.prefix(self.system).ids, need_logits=False)
-
-    def _forward(self, chunk: Chunk, frame_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        return self._forward_ids(chunk.ids, frame_tokens)
-
-    @torch.inference_mode()
-    def _forward_ids(self, ids: list[int], frame_tokens: torch.Tensor | None = None,
-                     need_logits: bool = True) -> torch.Tensor | None:
-        """Append ``ids`` to the cache at the true positions; logits (V,) of the last one."""
-        self._start()
-        dev = self.model.device
-        input_ids = torch.tensor([ids], device=dev)
-        positions = torch.arange(self.position, self.position + len(ids), device=dev)[None]
-        out = self.model(input_ids, frame_tokens=frame_tokens, position_ids=positions, cache=self.cache,
-                         logits_to_keep=1)
-        self.position += len(ids)
-        if self.keep_history:
-            self.history_ids += list(ids)
-            if frame_tokens is not None:
-                self.history_frames.append(frame_tokens.reshape(-1, frame_tokens.shape[-1]))
-        return out.logits[0, -1] if need_logits else None
 
     @torch.inference_mode()
     def _encode(self, frames: list) -> torch.Tensor:

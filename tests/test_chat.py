@@ -1,0 +1,101 @@
+"""ChatSession: image markers, the layout of a chat turn, history in the cache, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmlc.errors import ConfigError, SourceError
+from mmlc.models.layout import Turn
+from mmlc.streaming.chat import turn_parts
+
+
+def test_turn_parts_markers_and_default_listing():
+    assert turn_parts("<ImageHere>and<image>which?", 2) == [0, "and", 1, "which?"]
+    assert turn_parts("which image?", 2, first_index=3) == ["Image4: ", 3, "\n", "Image5: ", 4, "\n", "which image?"]
+    assert turn_parts("no images", 0) == ["no images"]
+    with pytest.raises(ConfigError, match="2 image markers .* 1 images"):
+        turn_parts("<image> vs <image>", 1)
+
+
+def test_chat_turn_layout_places_images(tiny_model):
+    lay = tiny_model.layout
+    chunk = lay.user_turn(["Image1: ", 0, "\nq?"])
+    assert chunk.ids[0] == lay.user_id and chunk.ids[-1] == lay.assistant_id
+    assert chunk.ids.count(lay.frame_id) == tiny_model.tokens_per_frame and chunk.frames == [0]
+    seq = lay.build([Turn(["Image1: ", 0, "\nq?"], "red.")])
+    # only the answer and its {end} are targets, predicted from {assistant} onwards
+    targets = [t for t in seq.labels if t >= 0]
+    assert targets == lay.text_ids("red.") + [lay.end_id]
+    start = seq.ids.index(lay.assistant_id)
+    assert seq.labels[start] == lay.text_ids("red.")[0]
+
+
+def test_chat_history_is_the_cache(tiny_model, frames):
+    chat = tiny_model.chat(max_reply_tokens=3, keep_history=True)
+    r1 = chat.send("<ImageHere> what colour is the circle?", images=[frames[0]])
+    kv1 = chat.stats()["kv_length"]
+    r2 = chat.send("and in <image>?", images=[Image.fromarray(frames[1])])
+    assert isinstance(r1, str) and isinstance(r2, str)
+    assert chat.stats()["turns"] == 2 and chat.stats()["images"] == 2 and chat.stats()["kv_length"] > kv1
+    # the cached conversation and one forward over all of it predict the same next token
+    lay = tiny_model.layout
+    cached = chat._forward_ids([lay.user_id])
+    ids = torch.tensor([chat.history_ids])
+    with torch.inference_mode():
+        full = tiny_model(ids, frame_tokens=torch.cat(chat.history_frames), logits_to_keep=1).logits[0, -1]
+    assert len(chat.history_frames) == 2 and ids.shape[1] == chat.position
+    torch.testing.assert_close(full, cached, atol=1e-4, rtol=1e-4)
+    chat.reset()
+    assert chat.stats() == {"kv_length": 0, "position": 0, "turns": 0, "images": 0}
+
+
+def test_chat_is_deterministic_and_images_matter(tiny_model, frames):
+    a = tiny_model.chat(max_reply_tokens=4, keep_history=True)
+    b = tiny_model.chat(max_reply_tokens=4, keep_history=True)
+    assert a.send("describe", images=[frames[2], frames[3]]) == b.send("describe", images=[frames[2], frames[3]])
+    # each image is encoded as a still frame: its tokens do not depend on the image before it
+    c = tiny_model.chat(keep_history=True)
+    c.send("describe", images=[frames[5], frames[3]])
+    torch.testing.assert_close(a.history_frames[0][-tiny_model.tokens_per_frame:],
+                               c.history_frames[0][-tiny_model.tokens_per_frame:], atol=1e-5, rtol=1e-5)
+
+
+def test_chat_accepts_any_image_mode(tiny_model, tmp_path):
+    gray16 = (np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 50)
+    rgba = Image.new("RGBA", (17, 9), (10, 200, 30, 128))
+    path = tmp_path / "p.png"
+    Image.new("L", (20, 20), 128).save(path)
+    chat = tiny_model.chat(max_reply_tokens=2)
+    chat.send("compare", images=[gray16, rgba, str(path)])
+    assert chat.images_seen == 3
+
+
+def test_chat_bad_images(tiny_model, tmp_path):
+    chat = tiny_model.chat()
+    with pytest.raises(SourceError, match="image 1 of turn 1.*missing.png"):
+        chat.send("look", images=[str(tmp_path / "missing.png")])
+    with pytest.raises(ConfigError, match="unknown chat options"):
+        tiny_model.chat(temperature=0.7)
+    assert chat.stats()["turns"] == 0
+
+
+def test_chat_cli_one_shot_and_interactive(tmp_path, monkeypatch, capsys):
+    import io
+
+    from mmlc.cli import main
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(a)
+    Image.new("RGB", (24, 24), (10, 10, 200)).save(b)
+    common = ["--model", "tiny-test", "--init", "random", "--max-reply-tokens", "2"]
+    assert main(["chat", "--image", str(a), "--image", str(b), "which image is red?", *common]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    turns = f"/image {a}\nwhat colour is the room?\nand now?\n/image {tmp_path / 'nope.png'}\nbad turn\n/reset\nhi\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(turns))
+    assert main(["chat", *common]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 3            # three answered turns; the bad one reported, not fatal
+    assert "nope.png" in out.err and "Traceback" not in out.err
