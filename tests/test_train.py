@@ -11,6 +11,8 @@ import torch
 from mmlc.errors import MmlcError
 from mmlc.train import examples as ex
 from mmlc.train import trainer
+from mmlc.models.layout import Turn
+from mmlc.train import recipes
 from mmlc.train.recipes import Stage, recipe
 
 
@@ -47,7 +49,8 @@ def test_examples_are_valid_timelines(tiny_model):
     for name, build in ex.BUILDERS.items():
         for _ in range(5):
             e = build(rng)
-            n_frames = sum(isinstance(i, ex.Frame) for i in e.items)
+            n_frames = sum(isinstance(i, ex.Frame) for i in e.items) + sum(
+                isinstance(part, int) for i in e.items if isinstance(i, Turn) for part in i.parts)
             assert n_frames == len(e.frames) >= 1
             seq = tiny_model.layout.build(e.items)
             assert seq.ids.count(tiny_model.layout.frame_id) == n_frames * tiny_model.layout.tokens_per_frame
@@ -91,6 +94,14 @@ def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill")
         return real(rng)
 
+    full_recipe = recipes.RECIPES["tiny-smoke"]
+
+    def without_chat():
+        r = full_recipe()
+        r.stages = r.stages[:-1]
+        return r
+
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", without_chat)   # an earlier version of the recipe
     monkeypatch.setitem(ex.BUILDERS, "change", crash_on_second_step)
     with pytest.raises(KeyboardInterrupt):
         trainer.train("tiny-smoke", out, progress=False, log=logs.append)
@@ -109,6 +120,15 @@ def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
     model = mmlc.load(final)
     assert model.config.name == "tiny-test"
 
+    with pytest.raises(MmlcError, match="finished run"):
+        trainer.train("tiny-smoke", out, progress=False, log=logs.append)
+    # the recipe gains a stage: the finished run continues with it, keeping the earlier model aside
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", full_recipe)
+    final = trainer.train("tiny-smoke", out, progress=False, log=logs.append)
+    assert any("continuing with them" in line and "chat" in line for line in logs)
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals if "eval" in e] == ["vision", "align", "change", "stream", "chat"]
+    assert (out / "model.stage4" / "model.safetensors").is_file() and (final / "model.safetensors").is_file()
     with pytest.raises(MmlcError, match="finished run"):
         trainer.train("tiny-smoke", out, progress=False, log=logs.append)
     other = tmp_path / "other"

@@ -13,6 +13,9 @@ Stages (TRIALS.md: grounding comes from many short, dense examples, then whole s
 - ``stream``: crops of whole episodes (20-40 frames 45%, 60-120 frames 30%, the whole episode 25%)
   with narration at event frames and questions at their times, memory and needle questions kept only
   when what they ask about is inside the crop.
+- ``chat``: multi-image dialogues (2-4 still ShapeWorld images, 3-6 turns: questions about one image,
+  comparisons across images, follow-ups such as "and in image 2?" that need the earlier turn), mixed
+  half and half with ``stream`` crops so that chat does not wash out streaming.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmlc.data import shapeworld as sw
-from mmlc.models.layout import Frame, Question, Reply
+from mmlc.models.layout import Frame, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream")
+STAGES = ("align", "change", "stream", "chat")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Example:
     frames: np.ndarray
     previous: np.ndarray
     decisions: bool = True
+    still: bool = False          # independent still images (chat): each is its own previous frame
     meta: dict = field(default_factory=dict)
 
 
@@ -85,7 +89,25 @@ def stream_example(rng: np.random.Generator) -> Example:
     return _crop(ep, start, start + length, questions=True, stage="stream")
 
 
-BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example}
+def multi_image_example(rng: np.random.Generator) -> Example:
+    """A ShapeWorld multi-image dialogue as chat turns (images listed in the first turn, as
+    :class:`~mmlc.streaming.chat.ChatSession` places them when the text has no markers)."""
+    from mmlc.streaming.chat import turn_parts
+
+    mi = sw.generate_multi_image(int(rng.integers(0, 2**31 - 1)))
+    items = []
+    for j, turn in enumerate(mi.turns):
+        parts = turn_parts(turn["question"], len(mi.images) if j == 0 else 0)
+        items.append(Turn(parts, turn["answer"]))
+    frames = np.stack(mi.images)
+    return Example(items, frames, frames[0], decisions=False, still=True, meta={"stage": "chat", "seed": mi.seed})
+
+
+def chat_example(rng: np.random.Generator) -> Example:
+    return multi_image_example(rng) if rng.random() < 0.5 else stream_example(rng)
+
+
+BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

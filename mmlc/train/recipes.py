@@ -45,6 +45,7 @@ def tiny() -> Recipe:
         Stage("align", steps=500, lr=1e-3, batch_size=32, warmup=50),
         Stage("change", steps=600, lr=1e-3, batch_size=32),
         Stage("stream", steps=800, lr=7e-4, batch_size=16, max_batch_tokens=5120, warmup=50, eval_examples=16),
+        Stage("chat", steps=500, lr=5e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
     ])
 
 
@@ -54,6 +55,7 @@ def tiny_smoke() -> Recipe:
         Stage("align", steps=3, lr=1e-3, batch_size=4, warmup=1, eval_examples=4),
         Stage("change", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=4),
         Stage("stream", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=2048, warmup=1, eval_examples=2),
+        Stage("chat", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=2048, warmup=1, eval_examples=2),
     ])
 
 

@@ -64,12 +64,17 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
         kinds[b, :n] = torch.tensor(s.kinds)
         mask[b, :n] = 1
     with torch.no_grad():
-        pixels = torch.cat([model.preprocess(torch.from_numpy(e.frames),
-                                             previous=model.preprocess(torch.from_numpy(e.previous[None]))[0, :3])
-                            for e in examples])
+        pixels = torch.cat([_pixels(model, e) for e in examples])
     dev = model.device
     return {"input_ids": ids.to(dev), "labels": labels.to(dev), "kinds": kinds.to(dev),
             "attention_mask": mask.to(dev), "pixels": pixels}
+
+
+def _pixels(model, e: ex.Example) -> torch.Tensor:
+    if e.still:  # independent images: each is its own previous frame
+        return torch.cat([model.preprocess(torch.from_numpy(f[None])) for f in e.frames])
+    return model.preprocess(torch.from_numpy(e.frames),
+                            previous=model.preprocess(torch.from_numpy(e.previous[None]))[0, :3])
 
 
 def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False) -> tuple[dict, torch.Tensor]:
@@ -222,10 +227,19 @@ class Run:
                 raise MmlcError(f"output folder '{out}' exists and is not an mmlc training run (no recipe.json): "
                                 "pass a new --out folder, or an earlier run's folder to resume it")
             saved = json.loads(recipe_file.read_text())
-            if saved.get("recipe") != self.recipe.to_dict():
+            extends = self._extends(saved.get("recipe", {}))
+            if saved.get("recipe") != self.recipe.to_dict() and not extends:
                 raise MmlcError(f"output folder '{out}' holds a run of another recipe ('{saved.get('recipe', {}).get('name')}' "
                                 "with other settings): pass a new --out folder")
-            if (out / "model" / "model.safetensors").is_file():
+            if extends:
+                # the recipe gained stages after this run: train the new ones on top of what is there
+                self.log(f"the recipe adds stages {[s.name for s in self.recipe.stages[len(saved['recipe']['stages']):]]} "
+                         f"to the run in '{out}': continuing with them")
+                if self.main:
+                    recipe_file.write_text(json.dumps({**saved, "recipe": self.recipe.to_dict()}, indent=2) + "\n")
+                    if (out / "model").is_dir():
+                        os.replace(out / "model", out / f"model.stage{len(saved['recipe']['stages'])}")
+            elif (out / "model" / "model.safetensors").is_file():
                 raise MmlcError(f"output folder '{out}' holds a finished run (model/ exists): pass a new --out folder "
                                 "to train again")
             if not resume:
@@ -238,6 +252,13 @@ class Run:
             recipe_file.write_text(json.dumps({"recipe": self.recipe.to_dict(),
                                                "config": preset(self.recipe.preset).to_dict()}, indent=2) + "\n")
         return None
+
+    def _extends(self, saved: dict) -> bool:
+        """The saved recipe is this one minus stages appended at the end (and its run reached them)."""
+        mine = self.recipe.to_dict()
+        n = len(saved.get("stages", []))
+        return (bool(saved) and n < len(mine["stages"]) and mine["stages"][:n] == saved["stages"]
+                and {k: v for k, v in mine.items() if k != "stages"} == {k: v for k, v in saved.items() if k != "stages"})
 
     # -- tokenizer -----------------------------------------------------------------------------
     def tokenizer(self):
