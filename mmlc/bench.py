@@ -15,6 +15,7 @@ What is measured (one process, one model, one synthetic video written to a tempo
     sampled at ``samples`` evenly spaced stream positions and its mean per-frame time is the mean of
     the samples (the same estimate a full run would give, without the quadratic wall time).
   - ``per_frame``: the cached LM, but the vision tower called once per frame, no batching ahead.
+  - ``dynamic_cache``: transformers' concatenating ``DynamicCache`` instead of mmlc's growing cache.
   - ``no_memory``: the stream without recurrent memory / KV compression. Neither exists yet, so the
     stream above *is* this baseline; the entry says so rather than invent a number.
   Ratios (stream fps / baseline fps) are the headline.
@@ -46,6 +47,7 @@ from mmlc.errors import ConfigError
 # HBM bandwidth in GB/s of common accelerators, for the weight-read bound (vendor datasheets).
 BANDWIDTH_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L40S": 864.0, "A10": 600.0, "L4": 300.0,
                  "RTX 4090": 1008.0, "RTX 3090": 936.0, "V100": 900.0, "T4": 320.0}
+BASELINES = ("interleaved", "per_frame", "dynamic_cache", "no_memory")
 QUESTIONS = ("what is happening?", "what colour is the square?", "how many objects are there?")
 
 
@@ -149,12 +151,13 @@ class _Timeline:
 
 # ---------------------------------------------------------------------- runs
 def run_stream(model, video: Path, fps: float, *, reply_every: float, reply_tokens: int, batch_frames: int,
-               keep_history: bool, progress: bool, desc: str, max_frames: int | None = None):
+               keep_history: bool, progress: bool, desc: str, max_frames: int | None = None,
+               kv_cache: str = "growing"):
     """Stream ``video`` with prompted replies; returns (session, wall seconds, timeline rows)."""
     from mmlc.streaming.sources import open_source
 
     session = model.stream(fps=fps, threshold=0.0, trigger="live", max_reply_tokens=reply_tokens,
-                           batch_frames=batch_frames, keep_history=keep_history, profile=True)
+                           batch_frames=batch_frames, keep_history=keep_history, profile=True, kv_cache=kv_cache)
     session._reply_mask[model.layout.end_id] = True   # every answer is exactly reply_tokens long
     source = open_source(str(video), fps=fps)
     n_total = source.n_frames if max_frames is None else min(max_frames, source.n_frames or max_frames)
@@ -232,7 +235,7 @@ def interleaved_cost(model, session, frame_index: int, repeats: int = 2) -> tupl
 
 
 def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: float = 30.0, reply_tokens: int = 16,
-              batch_frames: int = 16, baselines: tuple[str, ...] = ("interleaved", "per_frame", "no_memory"),
+              batch_frames: int = 16, baselines: tuple[str, ...] = ("interleaved", "per_frame", "dynamic_cache", "no_memory"),
               samples: int = 8, baseline_minutes: float | None = None, size: int = 128, seed: int = 0,
               workdir: str | os.PathLike | None = None, progress: bool = True, log=print, name: str = "") -> dict:
     """Run the benchmark; returns the report dict (see the module docstring)."""
@@ -240,9 +243,9 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
         raise ConfigError(f"--minutes and --fps must be > 0, got minutes={minutes}, fps={fps}")
     if reply_tokens < 1:
         raise ConfigError(f"--reply-tokens must be >= 1, got {reply_tokens}")
-    unknown = set(baselines) - {"interleaved", "per_frame", "no_memory"}
+    unknown = set(baselines) - set(BASELINES)
     if unknown:
-        raise ConfigError(f"unknown baselines {sorted(unknown)}: choose from interleaved, per_frame, no_memory")
+        raise ConfigError(f"unknown baselines {sorted(unknown)}: choose from {', '.join(BASELINES)}")
     device = model.device
     base_minutes = minutes if baseline_minutes is None else min(baseline_minutes, minutes)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="mmlc-bench-") as tmp:
@@ -302,6 +305,18 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
                 "note": "vision tower called once per frame instead of in batches ahead of the LM"}
             log(f"per-frame vision: {pf['fps']} frames/s -> stream is {report_baselines['per_frame']['speedup']}x")
             del s2
+        if "dynamic_cache" in baselines:
+            s3, wall3, rows3 = run_stream(model, video, fps, reply_every=reply_every, reply_tokens=reply_tokens,
+                                          batch_frames=batch_frames, keep_history=False, progress=progress,
+                                          desc="dynamic cache", max_frames=n_base, kv_cache="dynamic")
+            dc = _stream_summary(s3, wall3)
+            report_baselines["dynamic_cache"] = {
+                "minutes": round(n_base / fps / 60, 3), "fps": dc["fps"], "frame_latency_ms": dc["frame_latency_ms"],
+                "speedup": round(main["fps"] / dc["fps"], 2) if dc["fps"] else None,
+                "timeline": [{k: r[k] for k in ("t", "kv_length", "latency_ms")} for r in rows3],
+                "note": "transformers' DynamicCache (torch.cat per forward) instead of the growing cache"}
+            log(f"dynamic cache: {dc['fps']} frames/s -> stream is {report_baselines['dynamic_cache']['speedup']}x")
+            del s3
         if "no_memory" in baselines:
             report_baselines["no_memory"] = {
                 "fps": None, "speedup": None,

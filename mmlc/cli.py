@@ -158,6 +158,14 @@ def cmd_chat(args) -> int:
 def cmd_data(args) -> int:
     from mmlc.data.writer import write_shapeworld
 
+    if args.format == "mmdu":
+        if args.kind != "multi-image":
+            raise MmlcError("--format mmdu writes multi-image dialogues: add --kind multi-image")
+        from mmlc.data.mmdu import write_shapeworld_mmdu
+
+        write_shapeworld_mmdu(args.out, args.n, args.seed, size=args.size, progress=not args.no_progress)
+        print(f"{args.n} multi-image dialogues in {args.out}/benchmark.json (MMDU format)")
+        return 0
     paths = write_shapeworld(args.out, args.n, args.seed, kind=args.kind, duration=args.duration, fps=args.fps,
                              size=args.size, needle=args.needle, progress=not args.no_progress)
     print(f"{len(paths)} {args.kind} episodes in {args.out}")
@@ -270,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=2.0, help="frames per second")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (square)")
     p.add_argument("--kind", choices=["video", "multi-image"], default="video")
+    p.add_argument("--format", choices=["mmlc", "mmdu"], default="mmlc",
+                   help="multi-image only: mmdu writes DIR/benchmark.json + DIR/images/ (MMDU's format)")
     p.add_argument("--needle", action="store_true", help="show a needle (rare object) in each video episode")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_data)
@@ -293,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=2.0, help="frames per second of the stream (default 2)")
     p.add_argument("--reply-every", type=float, default=30.0, help="ask a question every N seconds (0: never)")
     p.add_argument("--reply-tokens", type=int, default=16, help="tokens per answer (fixed, for a fixed load)")
-    p.add_argument("--baselines", default="interleaved,per_frame,no_memory",
-                   help="comma list of interleaved, per_frame, no_memory; or none")
+    p.add_argument("--baselines", default="interleaved,per_frame,dynamic_cache,no_memory",
+                   help="comma list of interleaved, per_frame, dynamic_cache, no_memory; or none")
     p.add_argument("--baseline-minutes", type=float, default=None,
                    help="measure baselines over the first N minutes only (default: the whole stream)")
     p.add_argument("--samples", type=int, default=8, help="stream positions sampled for the interleaved baseline")
@@ -307,15 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("eval", help="evaluate a model", description="Evaluate a model.")
-    p.add_argument("task", choices=["narration"], help="narration: LIVE metrics + ShapeWorld ground truth")
-    p.add_argument("--data", default="shapeworld:20", help="episode folder, or shapeworld:N (generated, held out)")
-    p.add_argument("--seed", type=int, default=1_000_000_000, help="first seed for shapeworld:N")
-    p.add_argument("--threshold", type=float, default=None, help="speak threshold (default: the model's)")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the full report here (and resume from OUT.episodes.jsonl)")
-    p.add_argument("--no-progress", action="store_true")
-    _model_flags(p)
-    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("eval", help="evaluate a model (narration, mmdu)", description="Evaluate a model.")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    q = tasks.add_parser("narration", help="LIVE metrics + narration F1 + QA accuracy on ShapeWorld or a folder",
+                         description="Stream episodes and score narration (LM-PPL, TimeDiff, Fluency, "
+                                     "LM-Correctness, F1 within 1 s) and question answering.")
+    q.add_argument("--data", default="shapeworld:20", help="episode folder, or shapeworld:N (generated, held out)")
+    q.add_argument("--seed", type=int, default=1_000_000_000, help="first seed for shapeworld:N")
+    q.add_argument("--threshold", type=float, default=None, help="speak threshold (default: the model's)")
+    q.add_argument("--json", default=None, metavar="OUT", help="write the full report here (and resume from OUT.episodes.jsonl)")
+    q.add_argument("--no-progress", action="store_true")
+    _model_flags(q)
+    q.set_defaults(func=cmd_eval)
+    from mmlc.evals.mmdu import add_mmdu_args, cmd_mmdu
+
+    q = tasks.add_parser("mmdu", help="multi-image multi-turn dialogues, MMDU protocol (judge or exact match)",
+                         description="Answer every turn of MMDU-format dialogues with the model's own history, "
+                                     "then score with an OpenAI-compatible judge (MMDU's six dimensions + overall) "
+                                     "or by exact match. Resumable; shards under accelerate launch / torchrun.")
+    add_mmdu_args(q)
+    q.set_defaults(func=cmd_mmdu)
     return parser
 
 

@@ -91,3 +91,20 @@ def test_data_shapeworld(tmp_path, capsys):
                  "--no-progress"]) == 0
     files = sorted(p.name for p in (tmp_path / "d").iterdir())
     assert files == ["sw1000000000.json", "sw1000000000.mp4", "sw1000000001.json", "sw1000000001.mp4"]
+
+
+def test_data_mmdu_and_eval_mmdu_exact(tmp_path, capsys):
+    data = tmp_path / "sw"
+    assert main(["data", "shapeworld", "--kind", "multi-image", "--format", "mmdu", "--out", str(data), "--n", "2",
+                 "--no-progress"]) == 0
+    bench = json.loads((data / "benchmark.json").read_text())
+    assert len(bench) == 2 and all(item["image"] for item in bench)
+    out = tmp_path / "out"
+    assert main(["eval", "mmdu", "--data", str(data / "benchmark.json"), "--output-dir", str(out), "--scorer", "exact",
+                 "--model", "tiny-test", "--init", "random", "--max-reply-tokens", "3", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    n_turns = sum(sum(t["from"] == "assistant" for t in item["conversations"]) for item in bench)
+    assert results["n_turns"] == n_turns and 0.0 <= results["scores"]["all"]["accuracy"] <= 1.0
+    capsys.readouterr()
+    assert main(["data", "shapeworld", "--format", "mmdu", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "--kind multi-image" in capsys.readouterr().err

@@ -195,11 +195,12 @@ class StreamingLM(nn.Module):
         Unset options take the config's ``stream`` defaults. Other options: ``interval_seconds``
         (trigger ``interval``), ``system`` (system prompt), ``batch_frames`` (vision batch for files),
         ``keep_history`` (record every fed token, to replay or inspect the stream), ``profile``
-        (record per-frame and per-reply timings in ``session.frame_times`` / ``reply_times``).
+        (record per-frame and per-reply timings in ``session.frame_times`` / ``reply_times``), ``kv_cache``
+        (``growing``, the default, or ``dynamic``: transformers' concatenating cache, for comparison).
         """
         from mmlc.streaming.session import StreamSession
 
-        allowed = {"interval_seconds", "system", "batch_frames", "keep_history", "profile"}
+        allowed = {"interval_seconds", "system", "batch_frames", "keep_history", "profile", "kv_cache"}
         unknown = set(options) - allowed
         if unknown:
             raise ConfigError(f"unknown stream options {sorted(unknown)}: known are fps, threshold, trigger, "

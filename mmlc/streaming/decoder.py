@@ -17,13 +17,19 @@ from transformers import DynamicCache
 
 from mmlc.errors import ConfigError
 from mmlc.models.layout import Chunk
+from mmlc.streaming.kv import growing_cache
+
+# growing: preallocated, doubled when full (mmlc.streaming.kv); dynamic: transformers' torch.cat cache
+KV_CACHES = ("growing", "dynamic")
 
 
 class CachedDecoder:
     """KV cache + position + greedy replies over a shared, stateless model."""
 
     def __init__(self, model, *, max_reply_tokens: int = 48, system: str | None = None,
-                 keep_history: bool = False, profile: bool = False):
+                 keep_history: bool = False, profile: bool = False, kv_cache: str = "growing"):
+        if kv_cache not in KV_CACHES:
+            raise ConfigError(f"kv_cache {kv_cache!r} is unknown: use one of {KV_CACHES}")
         if max_reply_tokens < 1:
             raise ConfigError(f"max_reply_tokens must be >= 1, got {max_reply_tokens!r}")
         self.model = model
@@ -32,6 +38,7 @@ class CachedDecoder:
         self.system = system
         self.keep_history = keep_history
         self.profile = profile
+        self.kv_cache = kv_cache
         vocab = model.lm.get_input_embeddings().weight.shape[0]
         lay = self.layout
         banned = [lay.bos_id, lay.frame_id, lay.memory_id, lay.interval_id, lay.user_id, lay.assistant_id]
@@ -39,7 +46,8 @@ class CachedDecoder:
         self._reply_mask[banned] = True
 
     def _reset_cache(self) -> None:
-        self.cache = DynamicCache(config=getattr(self.model.lm, "config", None))
+        config = getattr(self.model.lm, "config", None)
+        self.cache = growing_cache(config) if self.kv_cache == "growing" else DynamicCache(config=config)
         self.position = 0          # true number of tokens fed (RoPE positions continue from here)
         self._started = False
         self._last_item: str | None = None   # "frame" | "text" | None (nothing since the prefix)

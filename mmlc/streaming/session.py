@@ -65,7 +65,8 @@ class StreamSession(CachedDecoder):
 
     def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
                  interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
-                 batch_frames: int = 16, keep_history: bool = False, profile: bool = False):
+                 batch_frames: int = 16, keep_history: bool = False, profile: bool = False,
+                 kv_cache: str = "growing"):
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
         if not 0.0 <= threshold <= 1.0:
@@ -77,7 +78,7 @@ class StreamSession(CachedDecoder):
         if batch_frames < 1:
             raise ConfigError(f"batch_frames must be >= 1, got {batch_frames!r}")
         super().__init__(model, max_reply_tokens=max_reply_tokens, system=system, keep_history=keep_history,
-                         profile=profile)
+                         profile=profile, kv_cache=kv_cache)
         self.fps = float(fps)
         self.threshold = float(threshold)
         self.trigger = trigger
