@@ -13,7 +13,7 @@ from mmlc.train import examples as ex
 from mmlc.train import trainer
 from mmlc.models.layout import Turn
 from mmlc.train import recipes
-from mmlc.train.recipes import Stage, recipe
+from mmlc.train.recipes import Stage
 
 
 def test_a_few_steps_lower_the_loss(tiny_model):

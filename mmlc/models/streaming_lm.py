@@ -10,6 +10,7 @@ and clocks belong to the session that calls it (``mmlc.streaming.session``).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -228,7 +229,7 @@ class StreamingLM(nn.Module):
         cap = self.config.stream.max_reply_tokens if max_reply_tokens is None else max_reply_tokens
         return ChatSession(self, system=system, max_reply_tokens=cap, **options)
 
-    def save_pretrained(self, path) -> "Path":
+    def save_pretrained(self, path) -> Path:
         """Write config.json, model.safetensors and the tokenizer files to ``path``."""
         from mmlc.models.loading import save_pretrained
 
@@ -243,7 +244,7 @@ class StreamingLM(nn.Module):
         return self.layout
 
 
-def _stack(frames, size: int) -> "np.ndarray":
+def _stack(frames, size: int):
     """Frames of any supported type and mode -> (N, H, W, 3) uint8; mixed sizes resized to ``size``."""
     import numpy as np
 

@@ -70,6 +70,15 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
             "attention_mask": mask.to(dev), "pixels": pixels}
 
 
+def _train_mode(model, vision_stage: bool) -> None:
+    """Train mode, except a frozen tower stays in eval mode: its BatchNorm statistics must not drift
+    while the LM learns (they did in the first mmlc-tiny run, up to its stage 4: the LM then saw
+    batch-statistics features in training and running-statistics ones at inference)."""
+    model.train()
+    if not vision_stage:
+        model.vision.eval()
+
+
 def _pixels(model, e: ex.Example) -> torch.Tensor:
     if e.still:  # independent images: each is its own previous frame
         return torch.cat([model.preprocess(torch.from_numpy(f[None])) for f in e.frames])
@@ -319,7 +328,7 @@ class Run:
         log_file = self.out / "metrics.jsonl"
         side = map_side(model) if vision else 0
         ema = None
-        model.train()
+        _train_mode(model, vision)
         for step in range(step0, stage.steps):
             rng = np.random.default_rng([self.recipe.seed, s_idx, step, self.acc.process_index])
             for g in opt.param_groups:
@@ -351,7 +360,7 @@ class Run:
             if vision and self.main and (step + 1) % (3 * self.recipe.save_every) == 0 and step + 1 < stage.steps:
                 with open(log_file, "a") as f:
                     f.write(json.dumps({"stage": stage.name, "step": step + 1, "probe": self.evaluate(model, heads, stage)}) + "\n")
-                model.train()
+                _train_mode(model, vision)
         bar.close()
         elapsed += time.time() - t0
         report = self.evaluate(model, heads, stage)
@@ -361,7 +370,7 @@ class Run:
                 f.write(json.dumps({"stage": stage.name, "eval": report, "elapsed": round(elapsed, 1)}) + "\n")
         next_stage = s_idx + 1
         self._save(model, heads, None, next_stage, 0, elapsed)
-        model.train()
+        _train_mode(model, vision)
         return elapsed
 
     def _average_gradients(self, params: list) -> None:
