@@ -79,6 +79,8 @@ def cmd_stream(args) -> int:
                "max_reply_tokens": args.max_reply_tokens}
     if args.interval is not None:
         options["interval_seconds"] = args.interval
+    if args.scenes:
+        options["scenes"] = True
     session = model.stream(**{k: v for k, v in options.items() if v is not None})
     source = open_source(args.source, fps=session.fps)
     for t, q in asks:
@@ -97,6 +99,8 @@ def cmd_stream(args) -> int:
             line = f"[{_clock(ev.t)}] Q: {ev.question}  A: {ev.text}"
         elif ev.kind == "error":
             line = f"[{_clock(ev.t)}] error: {ev.text}"
+        elif ev.kind == "scene":
+            line = f"[{_clock(ev.t)}] -- {ev.text} --"
         else:
             line = f"[{_clock(ev.t)}] {ev.text}"
         bar.clear()
@@ -251,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-reply-tokens", type=int, default=None, help="cap on tokens per reply")
     p.add_argument("--ask", action="append", metavar="T:QUESTION",
                    help="ask QUESTION at time T (seconds or MM:SS); repeatable")
+    p.add_argument("--scenes", action="store_true", help="print scene boundaries (online SceneTiling)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     _model_flags(p)

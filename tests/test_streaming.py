@@ -214,3 +214,18 @@ def test_frames_out_of_order(tiny_model, frames):
     s.push_frame(frames[0], t=1.0)
     with pytest.raises(SourceError, match="before the previous frame"):
         s.push_frame(frames[1], t=0.5)
+
+
+def test_scene_events_from_online_tiling(tiny_model, frames):
+    """Forced cuts (a scene may not pass max_scene_seconds) come out as ``scene`` events in order."""
+    s = tiny_model.stream(fps=2, threshold=0.0, scenes=True, max_scene_seconds=1.5)   # 3 frames at most
+    many = [frames[i % len(frames)] for i in range(20)]
+    events = list(s.feed([(i / 2, f) for i, f in enumerate(many)]))
+    scenes = [e for e in events if e.kind == "scene"]
+    assert len(scenes) >= 4
+    starts = [e.frame for e in scenes]
+    assert starts == sorted(starts) and all(b - a <= 3 for a, b in zip([0] + starts, starts))
+    assert s.scene_starts == [0] + starts
+    assert all(e.t == e.frame / 2 for e in scenes)
+    plain = tiny_model.stream(fps=2, threshold=0.0)
+    assert not [e for e in plain.feed([(i / 2, f) for i, f in enumerate(many)]) if e.kind == "scene"]

@@ -197,11 +197,14 @@ class StreamingLM(nn.Module):
         (trigger ``interval``), ``system`` (system prompt), ``batch_frames`` (vision batch for files),
         ``keep_history`` (record every fed token, to replay or inspect the stream), ``profile``
         (record per-frame and per-reply timings in ``session.frame_times`` / ``reply_times``), ``kv_cache``
-        (``growing``, the default, or ``dynamic``: transformers' concatenating cache, for comparison).
+        (``growing``, the default, or ``dynamic``: transformers' concatenating cache, for comparison),
+        ``scenes`` (online SceneTiling on the pooled frame features: ``scene`` events at boundaries,
+        ``session.scene_starts``), ``max_scene_seconds`` (a longer scene is cut).
         """
         from mmlc.streaming.session import StreamSession
 
-        allowed = {"interval_seconds", "system", "batch_frames", "keep_history", "profile", "kv_cache"}
+        allowed = {"interval_seconds", "system", "batch_frames", "keep_history", "profile", "kv_cache", "scenes",
+                   "max_scene_seconds"}
         unknown = set(options) - allowed
         if unknown:
             raise ConfigError(f"unknown stream options {sorted(unknown)}: known are fps, threshold, trigger, "

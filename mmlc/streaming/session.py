@@ -42,7 +42,9 @@ class Event:
     """Something the stream produced at time ``t`` (seconds of stream time).
 
     kind: ``reply`` (the model spoke on its own), ``answer`` (to a user question, in ``question``),
-    ``error`` (the source failed; the stream ended there). ``frame`` is the number of frames seen
+    ``error`` (the source failed; the stream ended there), ``scene`` (with ``scenes=True``: a new
+    scene starts at ``t``, its first frame in ``frame``; reported a few frames late, see
+    :class:`~mmlc.streaming.scenes.OnlineSceneTiler`). ``frame`` is otherwise the number of frames seen
     when it happened; ``p_silent`` the interval probability at the decision, where there was one.
     """
 
@@ -66,7 +68,7 @@ class StreamSession(CachedDecoder):
     def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
                  interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
                  batch_frames: int = 16, keep_history: bool = False, profile: bool = False,
-                 kv_cache: str = "growing"):
+                 kv_cache: str = "growing", scenes: bool = False, max_scene_seconds: float = 128.0):
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
         if not 0.0 <= threshold <= 1.0:
@@ -84,6 +86,10 @@ class StreamSession(CachedDecoder):
         self.trigger = trigger
         self.interval_seconds = float(interval_seconds)
         self.batch_frames = int(batch_frames)
+        if max_scene_seconds <= 0:
+            raise ConfigError(f"max_scene_seconds must be > 0, got {max_scene_seconds!r}")
+        self.scenes = bool(scenes)
+        self.max_scene_seconds = float(max_scene_seconds)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -100,6 +106,14 @@ class StreamSession(CachedDecoder):
         self.last_logits: torch.Tensor | None = None  # (V,) at the last frame's decision
         self.frame_times: list[dict] = []   # with profile: per-frame timings (seconds)
         self._encode_share = 0.0
+        self._frame_times_all: list[float] = []   # frame index -> stream time (for scene events)
+        self.scene_starts: list[int] = [0] if self.scenes else []
+        self._tiler = None
+        if self.scenes:
+            from mmlc.streaming.scenes import OnlineSceneTiler
+
+            self._tiler = OnlineSceneTiler(max_scene_frames=max(2, int(round(self.max_scene_seconds * self.fps))))
+        self._pooled: torch.Tensor | None = None
 
     def stats(self) -> dict:
         """Current KV length, true position, frames seen, pending questions and events so far."""
@@ -172,11 +186,14 @@ class StreamSession(CachedDecoder):
         while self._pending and self._pending[0][0] < t - EPS:
             tq, _, q = heapq.heappop(self._pending)
             events.append(self._respond(q, tq))
+        if self._tiler is not None:
+            events += self._scene_events(frame_tokens)
         start = time.perf_counter() if self.profile else 0.0
         chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
         logits = self._forward(chunk, frame_tokens[None])
         self.last_logits = logits
         self.frames_seen += 1
+        self._frame_times_all.append(t)
         self.clock = t
         self._last_item = "frame"
         # P(interval) without a softmax over the vocabulary; the float() is the frame's one host sync
@@ -186,6 +203,20 @@ class StreamSession(CachedDecoder):
                                      "kv_length": self.cache.get_seq_length()})
         if self._should_speak(t, p_silent):
             events.append(self._reply(t, p_silent))
+        return events
+
+    def _scene_events(self, frame_tokens: torch.Tensor) -> list[Event]:
+        """Feed this frame's pooled vision feature to the online SceneTiling; a ``scene`` event for each
+        boundary it confirms (reported ``delay`` frames late, with the boundary's own time)."""
+        pooled = self._pooled[self._pooled_index] if self._pooled is not None else frame_tokens[0]
+        self._pooled_index += 1
+        events = []
+        for b in self._tiler.push(pooled.float().cpu().numpy()):
+            self.scene_starts.append(b)
+            tb = self._frame_times_all[b] if b < len(self._frame_times_all) else self.clock
+            ev = Event(t=tb, kind="scene", text=f"scene {len(self.scene_starts)} starts", frame=b)
+            self.dialogue.append(ev)
+            events.append(ev)
         return events
 
     def _should_speak(self, t: float, p_silent: float) -> bool:
@@ -216,7 +247,10 @@ class StreamSession(CachedDecoder):
         start = time.perf_counter() if self.profile else 0.0
         pixels = self.model.preprocess(frames, previous=self._prev_pixels)
         self._prev_pixels = pixels[-1, :3].clone()
-        tokens = self.model.frame_embeddings(pixels)
+        feats = self.model.vision_features(pixels)
+        tokens = self.model.connector(feats)
+        if self.scenes:  # the pooled token at the vision width: what SceneTiling compares
+            self._pooled, self._pooled_index = feats[:, 0], 0
         if self.profile:
             if tokens.is_cuda:
                 torch.cuda.synchronize(tokens.device)
