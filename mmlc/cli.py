@@ -342,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or by exact match. Resumable; shards under accelerate launch / torchrun.")
     add_mmdu_args(q)
     q.set_defaults(func=cmd_mmdu)
+    from mmlc.evals.niavh import add_niavh_args, cmd_niavh
+
+    q = tasks.add_parser("niavh", help="needle in a video haystack: a grid of lengths x depths",
+                         description="Place a needle (ShapeWorld's rare object, an image, a clip or a text "
+                                     "overlay) at depth d%% of haystacks of length L, ask one question after the "
+                                     "last frame, score by exact match (and optionally a judge, 1-10); per-cell "
+                                     "JSON, a heatmap, resumable, sharded under accelerate launch / torchrun.")
+    add_niavh_args(q)
+    q.set_defaults(func=cmd_niavh)
     return parser
 
 

@@ -229,3 +229,27 @@ def test_scene_events_from_online_tiling(tiny_model, frames):
     assert all(e.t == e.frame / 2 for e in scenes)
     plain = tiny_model.stream(fps=2, threshold=0.0)
     assert not [e for e in plain.feed([(i / 2, f) for i, f in enumerate(many)]) if e.kind == "scene"]
+
+
+@pytest.mark.parametrize("kv_cache", ["growing", "dynamic"])
+def test_sliding_window_bounds_the_cache(tiny_model, frames, kv_cache):
+    """window_seconds keeps the recent frames only: the cache is the prefix + the most recent tokens,
+    each at its original position (layer-0 keys, which depend only on token and position, equal those
+    of the same stream without a window). Deeper layers differ by design: kept tokens were computed
+    while older ones were still in context."""
+    s = tiny_model.stream(fps=2, threshold=0.0, window_seconds=2.0, kv_cache=kv_cache)
+    full = tiny_model.stream(fps=2, threshold=0.0, kv_cache=kv_cache)
+    many = [frames[i % len(frames)] for i in range(40)]
+    lengths = []
+    for i, f in enumerate(many):
+        s.push_frame(f, t=i / 2)
+        full.push_frame(f, t=i / 2)
+        lengths.append(s.kv_length)
+    tpf = tiny_model.tokens_per_frame + 1
+    assert max(lengths[10:]) <= s._prefix_len + (4 + 1 + 1) * tpf + 1     # 4 frames kept, + a quarter window
+    assert s.position == full.position == full.kv_length > max(lengths)     # positions keep counting
+    n_tail = s.kv_length - s._prefix_len
+    k_win = s.cache.layers[0].keys
+    k_full = full.cache.layers[0].keys
+    torch.testing.assert_close(k_win[..., :s._prefix_len, :], k_full[..., :s._prefix_len, :])
+    torch.testing.assert_close(k_win[..., s._prefix_len:, :], k_full[..., -n_tail:, :])

@@ -199,12 +199,13 @@ class StreamingLM(nn.Module):
         (record per-frame and per-reply timings in ``session.frame_times`` / ``reply_times``), ``kv_cache``
         (``growing``, the default, or ``dynamic``: transformers' concatenating cache, for comparison),
         ``scenes`` (online SceneTiling on the pooled frame features: ``scene`` events at boundaries,
-        ``session.scene_starts``), ``max_scene_seconds`` (a longer scene is cut).
+        ``session.scene_starts``), ``max_scene_seconds`` (a longer scene is cut), ``window_seconds`` (keep
+        only the most recent frames in the KV cache: a bounded-context baseline without memory).
         """
         from mmlc.streaming.session import StreamSession
 
         allowed = {"interval_seconds", "system", "batch_frames", "keep_history", "profile", "kv_cache", "scenes",
-                   "max_scene_seconds"}
+                   "max_scene_seconds", "window_seconds"}
         unknown = set(options) - allowed
         if unknown:
             raise ConfigError(f"unknown stream options {sorted(unknown)}: known are fps, threshold, trigger, "

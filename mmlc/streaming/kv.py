@@ -6,7 +6,7 @@ cache at every forward: a stream feeds one frame (a few tokens) per forward, so 
 than attention reads it, and per-frame latency grew with stream length for that reason alone.
 :class:`GrowingLayer` writes the new keys/values into spare capacity (amortised O(new tokens)) and
 returns views of the filled part; capacity doubles when it runs out. ``crop_to`` shortens in place
-(for memory and compression, which rewrite the tail of the cache).
+and ``drop`` removes a span (sliding windows, memory and compression rewrite parts of the cache).
 
 Measured with ``mmlc bench`` before and after (README, Benchmarks).
 """
@@ -60,6 +60,16 @@ class GrowingLayer(DynamicLayer):
             self.length = max(0, min(length, self.length))
             self.keys, self.values = self._k[..., :self.length, :], self._v[..., :self.length, :]
 
+    def drop(self, start: int, end: int) -> None:
+        """Remove cached tokens ``[start, end)``; later tokens move down (they keep their RoPE positions)."""
+        if not self.is_initialized or end <= start:
+            return
+        tail = self.length - end
+        if tail > 0:
+            self._k[..., start:start + tail, :] = self._k[..., end:self.length, :].clone()
+            self._v[..., start:start + tail, :] = self._v[..., end:self.length, :].clone()
+        self.crop_to(start + max(tail, 0))
+
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
             raise ValueError("crop takes a negative number of tokens to remove")
@@ -73,6 +83,16 @@ class GrowingLayer(DynamicLayer):
     @property
     def capacity(self) -> int:
         return self._k.shape[-2] if self.is_initialized else 0
+
+
+def drop_tokens(cache: DynamicCache, start: int, end: int) -> None:
+    """Remove tokens ``[start, end)`` from every layer of ``cache`` (growing or transformers' dynamic)."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowingLayer):
+            layer.drop(start, end)
+        elif getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., end:, :]], dim=-2)
+            layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
 
 
 def growing_cache(config) -> DynamicCache:

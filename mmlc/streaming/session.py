@@ -68,7 +68,8 @@ class StreamSession(CachedDecoder):
     def __init__(self, model, *, fps: float, threshold: float, trigger: str = "live",
                  interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
                  batch_frames: int = 16, keep_history: bool = False, profile: bool = False,
-                 kv_cache: str = "growing", scenes: bool = False, max_scene_seconds: float = 128.0):
+                 kv_cache: str = "growing", scenes: bool = False, max_scene_seconds: float = 128.0,
+                 window_seconds: float | None = None):
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
         if not 0.0 <= threshold <= 1.0:
@@ -88,6 +89,9 @@ class StreamSession(CachedDecoder):
         self.batch_frames = int(batch_frames)
         if max_scene_seconds <= 0:
             raise ConfigError(f"max_scene_seconds must be > 0, got {max_scene_seconds!r}")
+        if window_seconds is not None and window_seconds <= 0:
+            raise ConfigError(f"window_seconds must be > 0 (or None for no window), got {window_seconds!r}")
+        self.window_seconds = window_seconds
         self.scenes = bool(scenes)
         self.max_scene_seconds = float(max_scene_seconds)
         self.reset()
@@ -114,6 +118,8 @@ class StreamSession(CachedDecoder):
 
             self._tiler = OnlineSceneTiler(max_scene_frames=max(2, int(round(self.max_scene_seconds * self.fps))))
         self._pooled: torch.Tensor | None = None
+        self._frame_kv: list[int] = []    # with window_seconds: cache index where each kept frame's chunk starts
+        self._prefix_len = 0
 
     def stats(self) -> dict:
         """Current KV length, true position, frames seen, pending questions and events so far."""
@@ -190,7 +196,14 @@ class StreamSession(CachedDecoder):
             events += self._scene_events(frame_tokens)
         start = time.perf_counter() if self.profile else 0.0
         chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
+        if self.window_seconds is not None:
+            self._start()
+            if not self._frame_kv and not self._prefix_len:
+                self._prefix_len = self.kv_length
+            self._frame_kv.append(self.kv_length)
         logits = self._forward(chunk, frame_tokens[None])
+        if self.window_seconds is not None:
+            self._slide_window()
         self.last_logits = logits
         self.frames_seen += 1
         self._frame_times_all.append(t)
@@ -204,6 +217,21 @@ class StreamSession(CachedDecoder):
         if self._should_speak(t, p_silent):
             events.append(self._reply(t, p_silent))
         return events
+
+    @torch.inference_mode()
+    def _slide_window(self) -> None:
+        """Keep the most recent ``window_seconds`` of frames (and the dialogue between them) after the
+        prefix; older tokens leave the cache in batches of a quarter window (amortised O(1) per frame).
+        The true position counter is untouched: kept tokens keep their RoPE positions."""
+        from mmlc.streaming.kv import drop_tokens
+
+        keep = max(1, int(round(self.window_seconds * self.fps)))
+        if len(self._frame_kv) <= keep + max(1, keep // 4):
+            return
+        cut = self._frame_kv[-keep]
+        removed = cut - self._prefix_len
+        drop_tokens(self.cache, self._prefix_len, cut)
+        self._frame_kv = [k - removed for k in self._frame_kv[-keep:]]
 
     def _scene_events(self, frame_tokens: torch.Tensor) -> list[Event]:
         """Feed this frame's pooled vision feature to the online SceneTiling; a ``scene`` event for each
@@ -247,10 +275,12 @@ class StreamSession(CachedDecoder):
         start = time.perf_counter() if self.profile else 0.0
         pixels = self.model.preprocess(frames, previous=self._prev_pixels)
         self._prev_pixels = pixels[-1, :3].clone()
-        feats = self.model.vision_features(pixels)
-        tokens = self.model.connector(feats)
         if self.scenes:  # the pooled token at the vision width: what SceneTiling compares
+            feats = self.model.vision_features(pixels)
+            tokens = self.model.connector(feats)
             self._pooled, self._pooled_index = feats[:, 0], 0
+        else:
+            tokens = self.model.frame_embeddings(pixels)
         if self.profile:
             if tokens.is_cuda:
                 torch.cuda.synchronize(tokens.device)
