@@ -188,7 +188,16 @@ def cmd_train(args) -> int:
         dest.mkdir(parents=True, exist_ok=True)
         for f in out.iterdir():
             shutil.copy2(f, dest / f.name)
-        print(f"exported the model to {dest}")
+        if args.export_dtype == "float16":  # half the bytes; loading casts back to the model's dtype
+            from safetensors import safe_open
+            from safetensors.torch import load_file, save_file
+
+            weights = dest / "model.safetensors"
+            with safe_open(str(weights), "pt") as f:
+                meta = f.metadata()
+            state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+            save_file(state, str(weights), metadata=meta)
+        print(f"exported the model to {dest} ({args.export_dtype})")
     return 0
 
 
@@ -296,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run in --out")
     p.add_argument("--export", default=None, help="copy the final model to this folder (e.g. mmlc/assets/mmlc-tiny)")
+    p.add_argument("--export-dtype", choices=["float16", "float32"], default="float16",
+                   help="dtype of the exported weights file (default float16: half the size, loaded as float32)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

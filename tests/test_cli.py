@@ -108,3 +108,21 @@ def test_data_mmdu_and_eval_mmdu_exact(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "shapeworld", "--format", "mmdu", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "--kind multi-image" in capsys.readouterr().err
+
+
+def test_train_export_float16(tmp_path):
+    """mmlc train --export writes a loadable model whose weights file is float16 (half the bytes)."""
+    import torch
+    from safetensors.torch import load_file
+
+    import mmlc
+
+    run, dest = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "--recipe", "tiny-smoke", "--out", str(run), "--export", str(dest), "--no-progress"]) == 0
+    tensors = load_file(str(dest / "model.safetensors"))
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float16}
+    full, half = mmlc.load(run / "model"), mmlc.load(dest)
+    assert half.dtype == torch.float32
+    for (name, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)
