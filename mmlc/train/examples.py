@@ -27,7 +27,7 @@ import numpy as np
 from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream", "chat")
+STAGES = ("align", "change", "stream", "chat", "polish")
 
 
 @dataclass
@@ -133,7 +133,17 @@ def chat_example(rng: np.random.Generator) -> Example:
     return qa_stream_example(rng) if r < 0.7 else stream_example(rng)
 
 
-BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example}
+def polish_example(rng: np.random.Generator) -> Example:
+    """A final lower-rate stage: question-dense crops 35%, streams 30%, multi-image dialogues 35%
+    (after the chat stage, state QA was 0.77 and multi-image exact match 0.48)."""
+    r = rng.random()
+    if r < 0.35:
+        return qa_stream_example(rng)
+    return stream_example(rng) if r < 0.65 else multi_image_example(rng)
+
+
+BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
+            "polish": polish_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:
