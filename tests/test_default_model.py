@@ -62,7 +62,8 @@ def test_scene_events_match_shapeworld_cuts(model):
     for k in range(3):
         ep = sw.generate_episode(HELD_OUT + 10 + k, sw.WorldConfig(duration=120.0))
         session = model.stream(threshold=0.0, scenes=True)
-        events = list(session.feed([(i / ep.config.fps, f) for i, f in enumerate(ep.frames())]))
+        events = list(session.feed(ep.frames()))          # (t, frame) pairs
+        assert not [e for e in events if e.kind == "error"]
         pred = [e.t for e in events if e.kind == "scene"]
         cuts = [s["start"] for s in ep.truth()["scenes"][1:]]
         from mmlc.streaming.scenes import boundary_f1
