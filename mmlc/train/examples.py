@@ -27,7 +27,7 @@ import numpy as np
 from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream", "chat", "polish")
+STAGES = ("align", "change", "stream", "chat", "polish", "qa")
 
 
 @dataclass
@@ -142,8 +142,17 @@ def polish_example(rng: np.random.Generator) -> Example:
     return stream_example(rng) if r < 0.65 else multi_image_example(rng)
 
 
+def qa_example(rng: np.random.Generator) -> Example:
+    """Questions first: question-dense crops 50%, multi-image dialogues 30%, streams 20% (after
+    polish, state QA was 0.877 and multi-image exact match 0.51 while narration F1 was 0.906)."""
+    r = rng.random()
+    if r < 0.5:
+        return qa_stream_example(rng)
+    return multi_image_example(rng) if r < 0.8 else stream_example(rng)
+
+
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
-            "polish": polish_example}
+            "polish": polish_example, "qa": qa_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

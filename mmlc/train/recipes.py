@@ -47,6 +47,7 @@ def tiny() -> Recipe:
         Stage("stream", steps=800, lr=7e-4, batch_size=16, max_batch_tokens=5120, warmup=50, eval_examples=16),
         Stage("chat", steps=450, lr=5e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
         Stage("polish", steps=500, lr=3e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
+        Stage("qa", steps=500, lr=2e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
     ])
 
 
