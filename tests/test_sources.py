@@ -590,3 +590,29 @@ def test_frame_source_passes_through(videos: dict[str, Path]) -> None:
     source = open_source(videos["cv2_mp4"], 2)
     assert open_source(source, 5) is source and source.fps == 2
     source.close()
+
+
+def test_http_stream_from_a_local_server(videos: dict[str, Path]) -> None:
+    """A network source: an mp4 served over HTTP on 127.0.0.1 (a real server) streams through ffmpeg
+    and gives the same frames, resampled by timestamp, as the file."""
+    import functools
+    import http.server
+    import threading
+
+    folder = videos["ff_mp4"].parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{videos['ff_mp4'].name}"
+        with open_source(url, 2) as source:
+            assert isinstance(source, FFmpegSource)
+            got = list(source)
+        with open_source(videos["ff_mp4"], 2, backend="ffmpeg") as source:
+            want = list(source)
+    finally:
+        server.shutdown()
+    assert len(got) == len(want) >= 5
+    assert [_index_of(f) for _, f in got] == [_index_of(f) for _, f in want]
