@@ -246,10 +246,10 @@ def test_sliding_window_bounds_the_cache(tiny_model, frames, kv_cache):
         full.push_frame(f, t=i / 2)
         lengths.append(s.kv_length)
     tpf = tiny_model.tokens_per_frame + 1
-    assert max(lengths[10:]) <= s._prefix_len + (4 + 1 + 1) * tpf + 1     # 4 frames kept, + a quarter window
+    assert max(lengths[10:]) <= s.prefix_length + (4 + 1 + 1) * tpf + 1     # 4 frames kept, + a quarter window
     assert s.position == full.position == full.kv_length > max(lengths)     # positions keep counting
-    n_tail = s.kv_length - s._prefix_len
+    n_tail = s.kv_length - s.prefix_length
     k_win = s.cache.layers[0].keys
     k_full = full.cache.layers[0].keys
-    torch.testing.assert_close(k_win[..., :s._prefix_len, :], k_full[..., :s._prefix_len, :])
-    torch.testing.assert_close(k_win[..., s._prefix_len:, :], k_full[..., -n_tail:, :])
+    torch.testing.assert_close(k_win[..., :s.prefix_length, :], k_full[..., :s.prefix_length, :])
+    torch.testing.assert_close(k_win[..., s.prefix_length:, :], k_full[..., -n_tail:, :])

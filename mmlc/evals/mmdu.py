@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Callable
 
 from mmlc.data.mmdu import MmduData, MmduItem, read_mmdu
-from mmlc.errors import ConfigError, DataError, MmlcError, SourceError
+from mmlc.errors import ConfigError, DataError, SourceError
+from mmlc.evals.common import (distributed, empty_cache, oom_errors, read_json, run_cli, shard_items, warn,
+                               write_json)
 from mmlc.evals.judge import DIMS, MMDU_RUBRIC, JudgeClient, JudgeError, mmdu_prompt, parse_scores
 from mmlc.evals.metrics import normalize_text
 
@@ -53,27 +55,6 @@ PREDICTIONS = "predictions"
 JUDGEMENTS = "judgements"
 RESULTS = "results.json"
 _ARTICLES = {"a", "an", "the"}
-
-
-def _warn(message: str) -> None:
-    print(f"mmlc: warning: {message}", file=sys.stderr, flush=True)
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path):
-    """The JSON of ``path``, or None when absent; a broken file is reported and treated as absent."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        _warn(f"{path}: cannot be read ({err}); it will be redone")
-        return None
 
 
 # ---------------------------------------------------------------------- exact match
@@ -88,26 +69,6 @@ def exact_match(prediction, reference) -> bool:
 
 
 # ---------------------------------------------------------------------- sharding
-def shard_items(items: list, index: int, count: int) -> list:
-    """Item i goes to process ``i % count``."""
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"shard ({index}, {count}): need 0 <= index < count")
-    return [item for i, item in enumerate(items) if i % count == index]
-
-
-def _distributed():
-    """(process_index, num_processes, barrier, device) from accelerate, or a single process."""
-    try:
-        from accelerate import PartialState
-    except ImportError:  # accelerate is a dependency, but the eval needs it only to shard
-        return 0, 1, (lambda: None), None
-    import torch
-
-    # cpu=True where there is no GPU: ``torchrun``/``accelerate launch`` processes then shard over gloo
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-
-
 # ---------------------------------------------------------------------- generation
 def _prediction_path(output_dir: Path, item: MmduItem) -> Path:
     return output_dir / PREDICTIONS / f"{item.file_stem}.json"
@@ -205,9 +166,9 @@ def generate_dialogue(model, item: MmduItem, record: dict, save: Callable[[dict]
             save(record)
     except (SourceError, ConfigError) as err:
         record["error"] = f"turn {t + 1}: {err}"
-    except _oom_errors() as err:
+    except oom_errors() as err:
         record["error"] = f"turn {t + 1}: out of memory ({str(err).splitlines()[0][:200]})"
-        _empty_cache()
+        empty_cache()
     if "error" in record:
         record["complete"] = False
         save(record)
@@ -215,20 +176,6 @@ def generate_dialogue(model, item: MmduItem, record: dict, save: Callable[[dict]
         record["complete"] = True
         save(record)
     return record
-
-
-def _oom_errors() -> tuple:
-    import torch
-
-    err = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (err,) if err is not None else ()
-
-
-def _empty_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------- judging
@@ -251,7 +198,7 @@ class _JudgementStore:
 
     def _load(self, item: MmduItem) -> dict:
         if item.id not in self._docs:
-            doc = _read_json(_judgement_path(self.output_dir, item))
+            doc = read_json(_judgement_path(self.output_dir, item))
             if not isinstance(doc, dict) or doc.get("id") != item.id or not isinstance(doc.get("turns"), dict):
                 doc = {"id": item.id, "turns": {}}
             self._docs[item.id] = doc
@@ -262,7 +209,7 @@ class _JudgementStore:
             doc = self._load(item)
             doc["turns"][str(turn)] = record
             doc["turns"] = dict(sorted(doc["turns"].items(), key=lambda kv: int(kv[0])))
-            _write_json(_judgement_path(self.output_dir, item), doc)
+            write_json(_judgement_path(self.output_dir, item), doc)
 
 
 def _turn_requests(item: MmduItem, answers: list[str], judge: JudgeClient, judge_images: bool,
@@ -350,7 +297,7 @@ def collect_results(data: MmduData, output_dir, *, scorer: str = "judge", config
     missing: list[str] = []
     scored = []
     for item in sorted(data.items, key=lambda it: it.id):
-        record = _read_json(_prediction_path(output_dir, item))
+        record = read_json(_prediction_path(output_dir, item))
         if is_complete(record, item):
             scored.append((item, _answers(record)))
         elif isinstance(record, dict) and record.get("error"):
@@ -379,7 +326,7 @@ def collect_results(data: MmduData, output_dir, *, scorer: str = "judge", config
         totals = {d: [] for d in DIMS}
         n = n_valid = n_unparsed = n_errors = n_pending = 0
         for item, answers in scored:
-            doc = _read_json(_judgement_path(output_dir, item)) or {}
+            doc = read_json(_judgement_path(output_dir, item)) or {}
             turns = doc.get("turns", {}) if isinstance(doc, dict) else {}
             keys = None
             if judge_model is not None:
@@ -460,14 +407,14 @@ def run_mmdu(model_loader, data, image_dir=None, output_dir=None, *, limit: int 
     if not isinstance(data, MmduData):
         data = read_mmdu(data, image_dir, strict=strict, limit=limit)
     if shard is None:
-        index, count, barrier, _ = _distributed()
+        index, count, barrier, _ = distributed()
     else:
         index, count = shard
         barrier = lambda: None   # noqa: E731
     main = index == 0
     if main:
         for ident, err in data.invalid:
-            _warn(f"skipping item {ident!r}: {err}")
+            warn(f"skipping item {ident!r}: {err}")
     if not data.items:
         first = "; ".join(str(e) for _, e in data.invalid[:3])
         raise DataError(f"{data.path}: no usable dialogue among its {data.n_total} items ({first})")
@@ -497,17 +444,17 @@ def run_mmdu(model_loader, data, image_dir=None, output_dir=None, *, limit: int 
                    disable=not progress or not main, position=0)
         for item in bar:
             path = _prediction_path(output_dir, item)
-            record = _usable_record(_read_json(path), item, model_name, path)
+            record = _usable_record(read_json(path), item, model_name, path)
             if not is_complete(record, item) and mode != "eval":
                 if model is None:
                     model = model_loader if hasattr(model_loader, "chat") else model_loader()
                 if record is None:
                     record = {"id": item.id, "model": model_name, "image": item.raw_images, "conversations": [],
                               "n_turns": len(item.turns), "complete": False}
-                generate_dialogue(model, item, record, lambda r, p=path: _write_json(p, r), max_reply_tokens)
+                generate_dialogue(model, item, record, lambda r, p=path: write_json(p, r), max_reply_tokens)
                 n_generated += 1
                 if record.get("error") and main:
-                    _warn(f"dialogue {item.id!r} failed: {record['error']}")
+                    warn(f"dialogue {item.id!r} failed: {record['error']}")
             if pool is not None and is_complete(record, item):
                 pool.submit(item, _answers(record))
                 pool.check()
@@ -520,7 +467,7 @@ def run_mmdu(model_loader, data, image_dir=None, output_dir=None, *, limit: int 
         pool.close()
     barrier()
     if mode == "infer":
-        records = [_read_json(_prediction_path(output_dir, it)) for it in data.items]
+        records = [read_json(_prediction_path(output_dir, it)) for it in data.items]
         complete = sum(is_complete(r, it) for r, it in zip(records, data.items))
         return {"mode": "infer", "n_dialogues": len(data.items), "n_complete": complete,
                 "n_generated_here": n_generated, "predictions": str(output_dir / PREDICTIONS),
@@ -535,7 +482,7 @@ def run_mmdu(model_loader, data, image_dir=None, output_dir=None, *, limit: int 
         raise DataError(f"{output_dir / PREDICTIONS}: no finished predictions for the dialogues of {data.path}: "
                         "generate them first with --mode infer (or --mode all)")
     if main:
-        _write_json(output_dir / RESULTS, results)
+        write_json(output_dir / RESULTS, results)
     barrier()
     return results
 
@@ -617,7 +564,7 @@ def cmd_mmdu(args) -> int:
             rubric += "\n"
     judge = make_judge(args) if args.scorer == "judge" and args.mode != "infer" else None
     data = read_mmdu(args.data, args.image_dir, limit=args.limit)   # bad files fail before the model loads
-    index, count, _, device = _distributed()
+    index, count, _, device = distributed()
     dev = args.device
     if dev is None and count > 1 and device is not None:   # each process on its own device
         dev = "cpu" if device.type == "cpu" else str(device)
@@ -640,13 +587,7 @@ def cmd_mmdu(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m mmlc.evals.mmdu`` (or ``accelerate launch -m mmlc.evals.mmdu``) with the same flags."""
-    parser = add_mmdu_args(argparse.ArgumentParser(prog="mmlc eval mmdu", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
-    try:
-        return cmd_mmdu(args)
-    except MmlcError as err:
-        print(f"mmlc: error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(add_mmdu_args, cmd_mmdu, "mmlc eval mmdu", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -57,11 +57,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmlc.errors import ConfigError, DataError, MmlcError, SourceError
+from mmlc.errors import ConfigError, DataError, SourceError
 from mmlc.evals.judge import JudgeClient, JudgeError, last_braces
 from mmlc.evals.metrics import normalize_text
-from mmlc.evals.mmdu import (_distributed, _empty_cache, _oom_errors, _read_json, _warn, _write_json, make_judge,
-                             shard_items)
+from mmlc.evals.common import (distributed, empty_cache, oom_errors, read_json, run_cli, shard_items, warn,
+                               write_json)
+from mmlc.evals.mmdu import make_judge
 
 CELLS = "cells"
 RESULTS = "results.json"
@@ -693,7 +694,7 @@ def run_niavh(model_loader, haystack, *, lengths, depths, repeats: int = 1, outp
     if plot:
         _matplotlib()
     if shard is None:
-        index, count, barrier, _ = _distributed()
+        index, count, barrier, _ = distributed()
     else:
         index, count = shard
         barrier = lambda: None   # noqa: E731
@@ -741,7 +742,7 @@ def run_niavh(model_loader, haystack, *, lengths, depths, repeats: int = 1, outp
     for cell in bar:
         path = _cell_path(output_dir, cell)
         settings = _settings(haystack, cell, cfg)
-        record = _check_settings(_read_json(path), settings, path)
+        record = _check_settings(read_json(path), settings, path)
         if not _is_done(record):
             if model is None:
                 model = model_loader if hasattr(model_loader, "stream") else model_loader()
@@ -751,17 +752,17 @@ def run_niavh(model_loader, haystack, *, lengths, depths, repeats: int = 1, outp
                       "question": inp.question, "answer": inp.answer, "needle": inp.needle}
             try:
                 record.update(run_cell(model, inp, fps, stream_options))
-            except _oom_errors() as err:
+            except oom_errors() as err:
                 record.update(prediction="", error=f"out of memory ({str(err).splitlines()[0][:200]})")
-                _empty_cache()
+                empty_cache()
             record["exact"] = exact_match(record["prediction"], record["answer"])
             record["settings"] = settings
-            _write_json(path, record)
+            write_json(path, record)
             if record.get("error") and main:
-                _warn(f"cell {cell.name} failed: {record['error']}")
+                warn(f"cell {cell.name} failed: {record['error']}")
         if judge is not None and _is_done(record) and _needs_judging(record, judge):
             record["judge"] = judge_cell(judge, record["question"], record["answer"], record["prediction"])
-            _write_json(path, record)
+            write_json(path, record)
         if main:
             bar.set_postfix(cell=cell.name, exact=int(bool(record.get("exact"))))
     bar.close()
@@ -770,10 +771,10 @@ def run_niavh(model_loader, haystack, *, lengths, depths, repeats: int = 1, outp
         return {}
     results = collect_results(output_dir, haystack, cells, lengths, depths, cfg, judged=judge is not None)
     if main:
-        _write_json(output_dir / RESULTS, results)
+        write_json(output_dir / RESULTS, results)
         if json_out:
             Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-            _write_json(Path(json_out), results)
+            write_json(Path(json_out), results)
         if plot:
             plot_heatmap(results, plot)
     barrier()
@@ -786,7 +787,7 @@ def collect_results(output_dir, haystack, cells: list[Cell], lengths, depths, cf
     records = []
     for cell in cells:
         path = _cell_path(output_dir, cell)
-        rec = _read_json(path)
+        rec = read_json(path)
         try:
             rec = _check_settings(rec, _settings(haystack, cell, cfg), path)
         except ConfigError:
@@ -875,7 +876,7 @@ def make_haystack(args):
     if args.haystack is None or not str(args.haystack).strip():
         raise ConfigError("--haystack is empty: pass shapeworld or a video file")
     if args.seeds > 1:
-        _warn(f"--seeds {args.seeds} with a video haystack repeats the same cells (the haystack and needle do not "
+        warn(f"--seeds {args.seeds} with a video haystack repeats the same cells (the haystack and needle do not "
               "depend on the seed)")
     return FileHaystack(args.haystack, needle, args.question, args.answer, fps=args.fps)
 
@@ -895,7 +896,7 @@ def cmd_niavh(args) -> int:
     if args.plot:
         _matplotlib()
     judge = make_judge(args) if args.judge else None
-    index, count, _, device = _distributed()
+    index, count, _, device = distributed()
     dev = args.device
     if dev is None and count > 1 and device is not None:   # each process on its own device
         dev = "cpu" if device.type == "cpu" else str(device)
@@ -923,13 +924,7 @@ def cmd_niavh(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m mmlc.evals.niavh`` (or ``accelerate launch -m mmlc.evals.niavh``) with the same flags."""
-    parser = add_niavh_args(argparse.ArgumentParser(prog="mmlc eval niavh", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
-    try:
-        return cmd_niavh(args)
-    except MmlcError as err:
-        print(f"mmlc: error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(add_niavh_args, cmd_niavh, "mmlc eval niavh", __doc__, argv)
 
 
 if __name__ == "__main__":

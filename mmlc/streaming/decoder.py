@@ -50,6 +50,7 @@ class CachedDecoder:
         self.cache = growing_cache(config) if self.kv_cache == "growing" else DynamicCache(config=config)
         self.position = 0          # true number of tokens fed (RoPE positions continue from here)
         self._started = False
+        self.prefix_length = 0     # cached tokens of the prefix (bos + system): never cropped or dropped
         self._last_item: str | None = None   # "frame" | "text" | None (nothing since the prefix)
         # With keep_history: every fed id and frame-token block, to replay the context in one forward.
         self.history_ids: list[int] = []
@@ -90,6 +91,7 @@ class CachedDecoder:
         if not self._started:
             self._started = True
             self._forward_ids(self.layout.prefix(self.system).ids, need_logits=False)
+            self.prefix_length = self.kv_length
 
     def _forward(self, chunk: Chunk, frame_tokens: torch.Tensor | None = None) -> torch.Tensor:
         return self._forward_ids(chunk.ids, frame_tokens)

@@ -20,6 +20,7 @@ the LM (vision work does not depend on the LM's decisions).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import itertools
 import json
 import math
@@ -110,16 +111,15 @@ class StreamSession(CachedDecoder):
         self.last_logits: torch.Tensor | None = None  # (V,) at the last frame's decision
         self.frame_times: list[dict] = []   # with profile: per-frame timings (seconds)
         self._encode_share = 0.0
-        self._frame_times_all: list[float] = []   # frame index -> stream time (for scene events)
         self.scene_starts: list[int] = [0] if self.scenes else []
         self._tiler = None
         if self.scenes:
             from mmlc.streaming.scenes import OnlineSceneTiler
 
             self._tiler = OnlineSceneTiler(max_scene_frames=max(2, int(round(self.max_scene_seconds * self.fps))))
-        self._pooled: torch.Tensor | None = None
+        # frame index -> time of the last few frames: a boundary is confirmed at most ``delay`` frames late
+        self._recent_times: deque = deque(maxlen=self._tiler.delay + 2 if self._tiler else 0)
         self._frame_kv: list[int] = []    # with window_seconds: cache index where each kept frame's chunk starts
-        self._prefix_len = 0
 
     def stats(self) -> dict:
         """Current KV length, true position, frames seen, pending questions and events so far."""
@@ -131,8 +131,8 @@ class StreamSession(CachedDecoder):
     def push_frame(self, frame, t: float | None = None) -> list[Event]:
         """Feed one frame (H, W, 3) RGB at time ``t`` (default: one frame period after the last)."""
         t = self._next_time(t)
-        tokens = self._encode([frame])
-        return self._step(t, tokens[0])
+        tokens, pooled = self._encode([frame])
+        return self._step(t, tokens[0], None if pooled is None else pooled[0])
 
     def feed(self, source, *, fps: float | None = None) -> Iterator[Event]:
         """Stream a source (path, ``webcam[:N]``, FrameSource, or iterable of ``(t, frame)``).
@@ -149,9 +149,9 @@ class StreamSession(CachedDecoder):
             while True:
                 items, error = _take(it, batch)
                 if items:
-                    tokens = self._encode([f for _, f in items])
-                    for (t, _), tok in zip(items, tokens):
-                        for ev in self._step(self._next_time(t), tok):
+                    tokens, pooled = self._encode([f for _, f in items])
+                    for k, ((t, _), tok) in enumerate(zip(items, tokens)):
+                        for ev in self._step(self._next_time(t), tok, None if pooled is None else pooled[k]):
                             yield ev
                 if error is not None:
                     ev = Event(t=max(self.clock, 0.0), kind="error", text=str(error), frame=self.frames_seen)
@@ -186,27 +186,24 @@ class StreamSession(CachedDecoder):
         return events
 
     # ------------------------------------------------------------------ steps
-    def _step(self, t: float, frame_tokens: torch.Tensor) -> list[Event]:
+    def _step(self, t: float, frame_tokens: torch.Tensor, pooled: torch.Tensor | None = None) -> list[Event]:
         """Insert due questions, append one frame, decide, maybe reply."""
         events = []
         while self._pending and self._pending[0][0] < t - EPS:
             tq, _, q = heapq.heappop(self._pending)
             events.append(self._respond(q, tq))
         if self._tiler is not None:
-            events += self._scene_events(frame_tokens)
+            events += self._scene_events(t, frame_tokens[0] if pooled is None else pooled)
         start = time.perf_counter() if self.profile else 0.0
         chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
         if self.window_seconds is not None:
             self._start()
-            if not self._frame_kv and not self._prefix_len:
-                self._prefix_len = self.kv_length
             self._frame_kv.append(self.kv_length)
         logits = self._forward(chunk, frame_tokens[None])
         if self.window_seconds is not None:
             self._slide_window()
         self.last_logits = logits
         self.frames_seen += 1
-        self._frame_times_all.append(t)
         self.clock = t
         self._last_item = "frame"
         # P(interval) without a softmax over the vocabulary; the float() is the frame's one host sync
@@ -229,20 +226,19 @@ class StreamSession(CachedDecoder):
         if len(self._frame_kv) <= keep + max(1, keep // 4):
             return
         cut = self._frame_kv[-keep]
-        removed = cut - self._prefix_len
-        drop_tokens(self.cache, self._prefix_len, cut)
+        removed = cut - self.prefix_length
+        drop_tokens(self.cache, self.prefix_length, cut)
         self._frame_kv = [k - removed for k in self._frame_kv[-keep:]]
 
-    def _scene_events(self, frame_tokens: torch.Tensor) -> list[Event]:
-        """Feed this frame's pooled vision feature to the online SceneTiling; a ``scene`` event for each
-        boundary it confirms (reported ``delay`` frames late, with the boundary's own time)."""
-        pooled = self._pooled[self._pooled_index] if self._pooled is not None else frame_tokens[0]
-        self._pooled_index += 1
+    def _scene_events(self, t: float, pooled: torch.Tensor) -> list[Event]:
+        """Feed this frame's pooled vision feature (at time ``t``) to the online SceneTiling; a ``scene``
+        event for each boundary it confirms (reported a few frames late, with the boundary's own time)."""
+        self._recent_times.append((self.frames_seen, t))
+        times = dict(self._recent_times)
         events = []
         for b in self._tiler.push(pooled.float().cpu().numpy()):
             self.scene_starts.append(b)
-            tb = self._frame_times_all[b] if b < len(self._frame_times_all) else self.clock
-            ev = Event(t=tb, kind="scene", text=f"scene {len(self.scene_starts)} starts", frame=b)
+            ev = Event(t=times.get(b, t), kind="scene", text=f"scene {len(self.scene_starts)} starts", frame=b)
             self.dialogue.append(ev)
             events.append(ev)
         return events
@@ -270,22 +266,23 @@ class StreamSession(CachedDecoder):
         return ev
 
     @torch.inference_mode()
-    def _encode(self, frames: list) -> torch.Tensor:
-        """Frames -> frame tokens (N, T, D), continuing the previous-frame channel across calls."""
+    def _encode(self, frames: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frames -> (frame tokens (N, T, D), pooled vision features (N, Dv) when ``scenes`` is on),
+        continuing the previous-frame channel across calls."""
         start = time.perf_counter() if self.profile else 0.0
         pixels = self.model.preprocess(frames, previous=self._prev_pixels)
         self._prev_pixels = pixels[-1, :3].clone()
+        pooled = None
         if self.scenes:  # the pooled token at the vision width: what SceneTiling compares
             feats = self.model.vision_features(pixels)
-            tokens = self.model.connector(feats)
-            self._pooled, self._pooled_index = feats[:, 0], 0
+            tokens, pooled = self.model.connector(feats), feats[:, 0]
         else:
             tokens = self.model.frame_embeddings(pixels)
         if self.profile:
             if tokens.is_cuda:
                 torch.cuda.synchronize(tokens.device)
             self._encode_share = (time.perf_counter() - start) / len(frames)
-        return tokens
+        return tokens, pooled
 
     def _next_time(self, t: float | None) -> float:
         if t is None:
