@@ -16,8 +16,9 @@ What is measured (one process, one model, one synthetic video written to a tempo
     the samples (the same estimate a full run would give, without the quadratic wall time).
   - ``per_frame``: the cached LM, but the vision tower called once per frame, no batching ahead.
   - ``dynamic_cache``: transformers' concatenating ``DynamicCache`` instead of mmlc's growing cache.
-  - ``no_memory``: the stream without recurrent memory / KV compression. Neither exists yet, so the
-    stream above *is* this baseline; the entry says so rather than invent a number.
+  - ``no_memory``: the stream without the memory bridge (``model.stream(memory=False)``: the KV cache
+    keeps every frame and grows with the stream). For a model without a bridge the stream above *is*
+    this baseline; the entry says so rather than invent a number.
   Ratios (stream fps / baseline fps) are the headline.
 - **bound** (GPU): reading every weight once per frame at the device's memory bandwidth sets a floor
   on per-frame time for a model too large for cache; ``weight_read_bound_fps`` reports that ceiling
@@ -152,12 +153,14 @@ class _Timeline:
 # ---------------------------------------------------------------------- runs
 def run_stream(model, video: Path, fps: float, *, reply_every: float, reply_tokens: int, batch_frames: int,
                keep_history: bool, progress: bool, desc: str, max_frames: int | None = None,
-               kv_cache: str = "growing"):
-    """Stream ``video`` with prompted replies; returns (session, wall seconds, timeline rows)."""
+               kv_cache: str = "growing", memory: bool | None = None):
+    """Stream ``video`` with prompted replies; returns (session, wall seconds, timeline rows).
+    ``memory``: None = the model's default (the bridge when it has one)."""
     from mmlc.streaming.sources import open_source
 
     session = model.stream(fps=fps, threshold=0.0, trigger="live", max_reply_tokens=reply_tokens,
-                           batch_frames=batch_frames, keep_history=keep_history, profile=True, kv_cache=kv_cache)
+                           batch_frames=batch_frames, keep_history=keep_history, profile=True, kv_cache=kv_cache,
+                           memory=memory)
     session._reply_mask[model.layout.end_id] = True   # every answer is exactly reply_tokens long
     source = open_source(str(video), fps=fps)
     n_total = source.n_frames if max_frames is None else min(max_frames, source.n_frames or max_frames)
@@ -256,7 +259,10 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
         run_stream(model, video, fps, reply_every=0, reply_tokens=reply_tokens, batch_frames=batch_frames,
                    keep_history=False, progress=False, desc="warm-up", max_frames=min(32, int(minutes * 60 * fps)))
         rss_before = rss_mb()
-        keep = "interleaved" in baselines
+        # the interleaved baseline re-runs the plain context (every frame, no memory blocks): recorded by the
+        # main stream, or by the no-memory run when the main stream folds scenes into memory
+        memory_on = model.bridge is not None
+        keep = "interleaved" in baselines and not memory_on
         session, wall, timeline = run_stream(model, video, fps, reply_every=reply_every, reply_tokens=reply_tokens,
                                              batch_frames=batch_frames, keep_history=keep, progress=progress,
                                              desc="stream")
@@ -269,11 +275,33 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
             f"(p50 {main['frame_latency_ms']['p50']} ms, p99 {main['frame_latency_ms']['p99']} ms)")
         report_baselines: dict = {}
         n_base = max(1, min(main["frames"], int(round(base_minutes * 60 * fps))))
+        plain = session
+        if "no_memory" in baselines and model.bridge is None:
+            report_baselines["no_memory"] = {
+                "fps": None, "speedup": None,
+                "note": "this model has no memory bridge: the stream above runs without memory, so it is "
+                        "itself this baseline (its KV length grows with the stream)"}
+        elif "no_memory" in baselines or "interleaved" in baselines:
+            s4, wall4, rows4 = run_stream(model, video, fps, reply_every=reply_every, reply_tokens=reply_tokens,
+                                          batch_frames=batch_frames, keep_history="interleaved" in baselines,
+                                          progress=progress, desc="no memory", max_frames=n_base, memory=False)
+            nm = _stream_summary(s4, wall4)
+            plain = s4
+        if "no_memory" in baselines and plain is not session:
+            report_baselines["no_memory"] = {
+                "minutes": round(n_base / fps / 60, 3), "fps": nm["fps"], "frame_latency_ms": nm["frame_latency_ms"],
+                "kv_length_final": nm["kv_length_final"],
+                "speedup": round(main["fps"] / nm["fps"], 2) if nm["fps"] else None,
+                "timeline": [{k: r[k] for k in ("t", "kv_length", "latency_ms", "rss_mb") if k in r} for r in rows4],
+                "note": "the same model streaming without its memory bridge (memory=False): every frame stays "
+                        "in the KV cache"}
+            log(f"no memory: {nm['fps']} frames/s, KV {nm['kv_length_final']} at the end -> stream is "
+                f"{report_baselines['no_memory']['speedup']}x")
         if "interleaved" in baselines:
             points = sorted({int(round(x)) for x in np.linspace(0, n_base - 1, samples)})
             rows = []
             for i in tqdm(points, desc="interleaved", disable=not progress, leave=False):
-                sec, length = interleaved_cost(model, session, i)
+                sec, length = interleaved_cost(model, plain, i)
                 rows.append({"frame": i, "t": round(i / fps, 2), "context_tokens": length,
                              "ms_per_frame": round(1000 * sec, 3)})
             mean_s = float(np.mean([r["ms_per_frame"] for r in rows])) / 1000
@@ -291,8 +319,8 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
             log(f"interleaved: {report_baselines['interleaved']['fps']} frames/s over {base_minutes:g} min "
                 f"-> stream is {report_baselines['interleaved']['speedup']}x faster "
                 f"({report_baselines['interleaved']['speedup_at_end']}x at the end)")
-            session.history_ids, session.history_frames = [], []
-        del session
+            plain.history_ids, plain.history_frames = [], []
+        del session, plain
         if "per_frame" in baselines:
             s2, wall2, _ = run_stream(model, video, fps, reply_every=reply_every, reply_tokens=reply_tokens,
                                       batch_frames=1, keep_history=False, progress=progress, desc="per-frame",
@@ -317,11 +345,6 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
                 "note": "transformers' DynamicCache (torch.cat per forward) instead of the growing cache"}
             log(f"dynamic cache: {dc['fps']} frames/s -> stream is {report_baselines['dynamic_cache']['speedup']}x")
             del s3
-        if "no_memory" in baselines:
-            report_baselines["no_memory"] = {
-                "fps": None, "speedup": None,
-                "note": "recurrent memory and KV compression are not implemented yet: the stream above runs "
-                        "without them, so it is itself this baseline (its KV length grows with the stream)"}
     dev_name, bandwidth = device_bandwidth_gbs(device)
     wbytes = weight_bytes(model)
     bound = None

@@ -81,6 +81,12 @@ def cmd_stream(args) -> int:
         options["interval_seconds"] = args.interval
     if args.scenes:
         options["scenes"] = True
+    if args.no_memory:
+        options["memory"] = False
+    if args.max_memories is not None:
+        options["max_memories"] = args.max_memories
+    if args.max_scene_seconds is not None:
+        options["max_scene_seconds"] = args.max_scene_seconds
     session = model.stream(**{k: v for k, v in options.items() if v is not None})
     source = open_source(args.source, fps=session.fps)
     for t, q in asks:
@@ -116,7 +122,11 @@ def cmd_stream(args) -> int:
         show(ev)
     bar.close()
     if not args.json:
-        print(f"# {session.frames_seen} frames, {sum(e.kind == 'reply' for e in session.dialogue)} replies", file=sys.stderr)
+        stats = session.stats()
+        extra = f", {stats['scenes_closed']} scenes folded into memory, KV {stats['kv_length']} tokens" \
+            if session.memory else ""
+        print(f"# {session.frames_seen} frames, {sum(e.kind == 'reply' for e in session.dialogue)} replies{extra}",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -208,7 +218,8 @@ def cmd_eval(args) -> int:
         resolve_data(args.data, args.seed)  # bad data fails before the model loads
         model = _load_model(args)
         report = run_narration_eval(model, args.data, seed=args.seed, threshold=args.threshold, json_out=args.json,
-                                    progress=not args.no_progress, model_name=args.model or "mmlc-tiny")
+                                    progress=not args.no_progress, model_name=args.model or "mmlc-tiny",
+                                    memory=False if args.no_memory else None)
         print(json.dumps(report["summary"], indent=2))
         return 0
     raise MmlcError(f"unknown eval task {args.task!r}")
@@ -265,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ask", action="append", metavar="T:QUESTION",
                    help="ask QUESTION at time T (seconds or MM:SS); repeatable")
     p.add_argument("--scenes", action="store_true", help="print scene boundaries (online SceneTiling)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="keep every frame in the context instead of folding closed scenes into memory tokens "
+                        "(memory is on by default for a model with a memory bridge)")
+    p.add_argument("--max-memories", type=int, default=None, metavar="N",
+                   help="scene memories kept in the context (default: the model's, 32 for mmlc-tiny)")
+    p.add_argument("--max-scene-seconds", type=float, default=None, metavar="S",
+                   help="cut a scene longer than S seconds (default: the model's memory setting, 32 for mmlc-tiny)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     _model_flags(p)
@@ -342,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=1_000_000_000, help="first seed for shapeworld:N")
     q.add_argument("--threshold", type=float, default=None, help="speak threshold (default: the model's)")
     q.add_argument("--json", default=None, metavar="OUT", help="write the full report here (and resume from OUT.episodes.jsonl)")
+    q.add_argument("--no-memory", action="store_true",
+                   help="stream without the memory bridge (every frame stays in the context)")
     q.add_argument("--no-progress", action="store_true")
     _model_flags(q)
     q.set_defaults(func=cmd_eval)

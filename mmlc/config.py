@@ -9,7 +9,9 @@ A model is described by one :class:`MmlcConfig`, made of small sections:
 - ``connector``: Linear -> GELU -> Linear from the vision width to the LM width;
 - ``lm``: the causal LM, an ordinary transformers config dict (Llama, Qwen2, ...);
 - ``template``: the special strings of the LIVE sequence format;
-- ``stream``: default streaming options (fps, threshold, trigger, reply cap).
+- ``stream``: default streaming options (fps, threshold, trigger, reply cap);
+- ``memory``: the recurrent memory bridge (VideoLLaMB) and bounded streaming; ``tokens = 0`` means the
+  model has no bridge.
 
 Every section validates its fields in ``__post_init__`` with messages that name the field, the bad
 value and what is accepted. ``apply_overrides`` sets fields by ``section.field`` (or ``section__field``
@@ -184,6 +186,41 @@ class StreamConfig:
                  "stream.max_reply_tokens", self.max_reply_tokens, "an int >= 1")
 
 
+@dataclass
+class MemoryConfig:
+    """The recurrent memory bridge and how a memory stream bounds its context.
+
+    Bridge sizes (VideoLLaMB: 32 memory tokens, 1 layer, 8 heads): ``tokens`` memory tokens a scene
+    (0 = no bridge), ``layers`` self-attention layers over [memory ; scene tokens] at the vision width,
+    ``heads``, ``mlp_ratio``, ``max_cached`` earlier memories the retriever attends to, ``max_age``
+    frame-age embeddings (a frame ``a`` frames before the scene's end; older ones share the last).
+    Streaming defaults (``model.stream(memory=True, ...)`` overrides them): ``max_memories`` scene
+    memories kept in the LM context (older ones leave it; the recurrent memory still carries them),
+    ``max_scene_seconds`` the longest scene before a cut is forced.
+    """
+
+    tokens: int = 0
+    layers: int = 1
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    max_cached: int = 64
+    max_age: int = 64
+    max_memories: int = 32
+    max_scene_seconds: float = 32.0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.tokens, int) and self.tokens >= 0, "memory.tokens", self.tokens,
+                 "an int >= 0 (0: no memory bridge; VideoLLaMB uses 32)")
+        for name in ("layers", "heads", "max_cached", "max_age", "max_memories"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"memory.{name}", value,
+                     "a positive integer")
+        _require(isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0, "memory.mlp_ratio",
+                 self.mlp_ratio, "a number > 0")
+        _require(isinstance(self.max_scene_seconds, (int, float)) and self.max_scene_seconds > 0,
+                 "memory.max_scene_seconds", self.max_scene_seconds, "a number of seconds > 0")
+
+
 SECTIONS = {
     "vision": VisionConfig,
     "frames": FramesConfig,
@@ -191,6 +228,7 @@ SECTIONS = {
     "lm": LMConfig,
     "template": TemplateConfig,
     "stream": StreamConfig,
+    "memory": MemoryConfig,
 }
 
 
@@ -205,6 +243,7 @@ class MmlcConfig:
     lm: LMConfig = field(default_factory=LMConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     stream_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:

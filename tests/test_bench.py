@@ -31,16 +31,19 @@ def test_bench_cli_json_and_plot(tmp_path, capsys):
     assert s["reply_first_token_ms"]["p50"] > 0 and s["reply_per_token_ms"]["p50"] > 0
     # 30 frames x (1 interval + tokens per frame) + 2 answers of exactly 3 tokens + {end}, and prompts
     tpf = report["config"]["tokens_per_frame"]
-    assert s["kv_length_final"] > 30 * (tpf + 1) + 2 * 4
+    # tiny-test has a memory bridge: the stream folds scenes (a cut at least every 4 s) and its KV stays
+    # small; the no-memory baseline keeps every frame
+    nm = report["baselines"]["no_memory"]
+    assert nm["fps"] > 0 and nm["kv_length_final"] > 30 * (tpf + 1) + 2 * 4
+    assert s["kv_length_final"] < nm["kv_length_final"] / 2
     rows = report["timeline"]
-    assert len(rows) >= 2 and all(b["kv_length"] > a["kv_length"] for a, b in zip(rows, rows[1:]))
-    assert all(r["rss_mb"] > 0 for r in rows)
+    assert len(rows) >= 2 and all(r["rss_mb"] > 0 for r in rows)
+    assert all(b["kv_length"] > a["kv_length"] for a, b in zip(nm["timeline"], nm["timeline"][1:]))
     inter = report["baselines"]["interleaved"]
     assert len(inter["samples"]) == 3 and inter["samples"][0]["frame"] == 0 and inter["samples"][-1]["frame"] == 29
     assert [r["context_tokens"] for r in inter["samples"]] == sorted(r["context_tokens"] for r in inter["samples"])
     assert inter["fps"] > 0 and inter["speedup"] > 0
     assert report["baselines"]["per_frame"]["fps"] > 0
-    assert report["baselines"]["no_memory"]["fps"] is None                 # not faked: memory has not landed
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 

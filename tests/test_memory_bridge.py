@@ -57,9 +57,26 @@ def test_gradients_reach_every_scene_and_parameter():
 
 def test_bad_config_and_shapes():
     with pytest.raises(ConfigError, match="memory.tokens"):
-        MemoryConfig(tokens=0)
+        MemoryConfig(tokens=-1)
+    with pytest.raises(ConfigError, match="at least 1 memory token"):
+        MemoryBridge(16, MemoryConfig(tokens=0))
     with pytest.raises(ConfigError, match="must divide the vision width"):
-        MemoryBridge(30, MemoryConfig(heads=8))
+        MemoryBridge(30, MemoryConfig(tokens=2, heads=8))
     b = MemoryBridge(16, MemoryConfig(tokens=2, heads=2))
     with pytest.raises(ValueError, match=r"\(B, \*, 16\)"):
         b.fold(b.initial_memory(), torch.randn(1, 3, 8))
+    with pytest.raises(ValueError, match="built for 1 a frame"):
+        b.fold(b.initial_memory(), torch.randn(1, 3, 2, 16))
+
+
+def test_order_inside_a_scene_matters():
+    """Age embeddings: the same frames in another order give another memory (the last state counts)."""
+    torch.manual_seed(3)
+    b = MemoryBridge(16, MemoryConfig(tokens=2, heads=2), slots=3)
+    with torch.no_grad():
+        b.age.normal_()
+        b.slot.normal_()
+        frames = torch.randn(1, 4, 3, 16)
+        a = b.fold(b.initial_memory(), frames)
+        r = b.fold(b.initial_memory(), frames.flip(1))
+    assert not torch.allclose(a, r, atol=1e-4)

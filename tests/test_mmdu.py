@@ -7,8 +7,6 @@ import argparse
 import json
 import re
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -265,81 +263,35 @@ def expected_scores(question: str, answer: str) -> dict:
     return {d: 1 + (base + i) % 10 for i, d in enumerate(DIMS)}
 
 
-class JudgeServer:
-    """POST /v1/chat/completions in the OpenAI format; scores derived from the request.
-
-    Questions containing GARBAGE get a reply without scores; FLAKY answers 500 on its first attempt;
-    DOWN always answers 503. A wrong key gets 401.
-    """
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.seen: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body):
-                raw = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                            "body": body})
-                if self.path != "/v1/chat/completions":
-                    return self._send(404, {"error": {"message": "no such route"}})
-                if self.headers.get("Authorization") != "Bearer test-key":
-                    return self._send(401, {"error": {"message": "bad key"}})
-                content = body["messages"][-1]["content"]
-                text = content if isinstance(content, str) else content[0]["text"]
-                question = _section(text, "[Question]\n", "\n\n[The Start of Reference Answer]")
-                answer = _section(text, "[The Start of Assistant\u2019s Answer]\n", "\n[The End of Assistant")
-                with server.lock:
-                    n = server.seen[question] = server.seen.get(question, 0) + 1
-                if "DOWN" in question:
-                    return self._send(503, {"error": {"message": "overloaded"}})
-                if "FLAKY" in question and n == 1:
-                    return self._send(500, {"error": {"message": "try again"}})
-                if "GARBAGE" in question:
-                    reply = "The answer is fine {but I will not give numbers}"
-                else:
-                    scores = expected_scores(question, answer)
-                    reply = ("Creativity: the answer {is short}. ... Final: {"
-                             + ", ".join(f"'{d}': {v}" for d, v in scores.items()) + "}")
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": reply}}]})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def client(self, key="test-key", **kw) -> JudgeClient:
-        return JudgeClient(base_url=self.url, model="judge-x", api_key=key, retries=kw.pop("retries", 2),
-                           backoff=0.01, timeout=10, **kw)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def mmdu_judge(server, headers, body):
+    """Scores derived from the request. Questions containing GARBAGE get a reply without scores; FLAKY
+    answers 500 on its first attempt; DOWN always answers 503. A wrong key gets 401."""
+    if headers.get("Authorization") != "Bearer test-key":
+        return 401, {"error": {"message": "bad key"}}
+    content = body["messages"][-1]["content"]
+    text = content if isinstance(content, str) else content[0]["text"]
+    question = _section(text, "[Question]\n", "\n\n[The Start of Reference Answer]")
+    answer = _section(text, "[The Start of Assistant\u2019s Answer]\n", "\n[The End of Assistant")
+    with server.lock:
+        n = server.seen[question] = server.seen.get(question, 0) + 1
+    if "DOWN" in question:
+        return 503, {"error": {"message": "overloaded"}}
+    if "FLAKY" in question and n == 1:
+        return 500, {"error": {"message": "try again"}}
+    if "GARBAGE" in question:
+        return "The answer is fine {but I will not give numbers}"
+    scores = expected_scores(question, answer)
+    return "Creativity: the answer {is short}. ... Final: {" + ", ".join(f"'{d}': {v}" for d, v in scores.items()) + "}"
 
 
 @pytest.fixture()
-def judge_server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)   # 127.0.0.1 is reached directly
-    server = JudgeServer()
-    yield server
-    server.close()
+def judge_server(chat_server):
+    """A real local judge (tests/conftest.py ChatServer) answering like an MMDU judge."""
+    server = chat_server(mmdu_judge)
+    server.seen = {}
+    server.client = lambda key="test-key", **kw: JudgeClient(
+        base_url=server.url, model="judge-x", api_key=key, retries=kw.pop("retries", 2), backoff=0.01, timeout=10, **kw)
+    return server
 
 
 def test_judge_client_retries_and_errors(judge_server):

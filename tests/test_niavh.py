@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +230,7 @@ def test_grid_json_structure(tmp_path, tiny_model):
     assert np.array(s["grid"]["exact_match"]).shape == (2, 2)
     assert set(s["by_length"]) == {"4", "6"} and set(s["by_depth"]) == {"0", "100"}
     cfg = res["config"]
-    assert cfg["memory"] == "full-context (no bridge yet)" and cfg["window_seconds"] is None
+    assert cfg["memory"] == N.MEMORY_FULL and cfg["window_seconds"] is None
     assert cfg["lengths"] == [4.0, 6.0] and cfg["repeats"] == 2 and cfg["model"] == "tiny"
     assert cfg["haystack"]["kind"] == "shapeworld" and cfg["haystack"]["seed"] == 5
 
@@ -305,67 +303,29 @@ def test_exact_match_on_hand_made_predictions(tmp_path):
 
 
 # ---------------------------------------------------------------------- judge
-class JudgeServer:
-    """A real OpenAI-compatible chat-completions server on 127.0.0.1 (a thread)."""
-
-    def __init__(self):
-        self.requests, self.lock, self.down = [], threading.Lock(), True
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code, payload):
-                raw = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                if self.path != "/v1/chat/completions":
-                    return self._send(404, {"error": {"message": "no such route"}})
-                text = body["messages"][-1]["content"]
-                ref = re.search(r"\[Reference Answer\]\n(.*)\n\n", text).group(1)
-                ans = re.search(r"\[Assistant's Answer\]\n(.*)$", text, re.S).group(1)
-                if "DOWN" in ans and server.down:
-                    return self._send(503, {"error": {"message": "overloaded"}})
-                if "GARBAGE" in ans:
-                    reply = "I cannot rate {this}."
-                elif ans.strip(" .").lower() == ref.strip(" .").lower():
-                    reply = 'The answer matches. {"score": 10}'
-                else:
-                    reply = "{'score': '3'}"
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": reply}}]})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def client(self, **kw) -> JudgeClient:
-        return JudgeClient(base_url=kw.pop("url", self.url), model="judge-x", api_key="k", retries=1, backoff=0.01,
-                           timeout=10, **kw)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def niavh_judge(server, headers, body):
+    """10 when the answer matches the reference, else 3; GARBAGE gets no score; DOWN answers 503 while
+    ``server.down``."""
+    text = body["messages"][-1]["content"]
+    ref = re.search(r"\[Reference Answer\]\n(.*)\n\n", text).group(1)
+    ans = re.search(r"\[Assistant's Answer\]\n(.*)$", text, re.S).group(1)
+    if "DOWN" in ans and server.down:
+        return 503, {"error": {"message": "overloaded"}}
+    if "GARBAGE" in ans:
+        return "I cannot rate {this}."
+    if ans.strip(" .").lower() == ref.strip(" .").lower():
+        return 'The answer matches. {"score": 10}'
+    return "{'score': '3'}"
 
 
 @pytest.fixture()
-def judge_server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    server = JudgeServer()
-    yield server
-    server.close()
+def judge_server(chat_server):
+    """A real local judge (tests/conftest.py ChatServer) answering with a NIAVH-style score."""
+    server = chat_server(niavh_judge)
+    server.down = True
+    server.client = lambda **kw: JudgeClient(base_url=kw.pop("url", server.url), model="judge-x", api_key="k",
+                                             retries=1, backoff=0.01, timeout=10, **kw)
+    return server
 
 
 def test_parse_score_is_safe_and_tolerant():
@@ -393,7 +353,7 @@ def test_judge_scores_through_a_real_http_server(tmp_path, judge_server):
     assert [j["score"] for j in judged] == [10.0, 3.0, None, None]
     assert judged[3]["attempts"] == 2 and "503" in judged[3]["error"]
     assert len(judge_server.requests) == 5                    # the 503 was retried once
-    first = judge_server.requests[0]
+    first = judge_server.requests[0]["body"]
     assert first["model"] == "judge-x" and "1 to 10" in first["messages"][-1]["content"]
     s = res["summary"]
     assert s["judge"]["mean_score"] == 6.5 and (s["judge"]["n_ok"], s["judge"]["n_unparsed"],
@@ -513,7 +473,7 @@ def test_command_runs_a_file_haystack_end_to_end(tmp_path, capsys):
             "--no-progress"]
     assert N.cmd_niavh(_args(*argv)) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["n_cells"] == 4 and printed["n_done"] == 4 and printed["memory"] == "full-context (no bridge yet)"
+    assert printed["n_cells"] == 4 and printed["n_done"] == 4 and printed["memory"] == N.MEMORY_FULL
     assert printed["model"] == "tiny-test (random init)" and printed["grid"]["lengths"] == [3.0, 5.0]
     res = json.loads(out.read_text())
     assert res["config"]["haystack"]["needle"] == {"kind": "text", "seconds": 1.0, "text": "apple"}

@@ -290,12 +290,12 @@ def render_state(state: dict, size: int, rng: np.random.Generator | None = None,
 # --------------------------------------------------------------------------------------------------
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
 def _a_obj(obj: dict) -> str:
-    return f"{_article(obj['colour'])} {obj['colour']} {obj['shape']}"
+    return f"{article(obj['colour'])} {obj['colour']} {obj['shape']}"
 
 
 def _the_obj(obj: dict) -> str:
@@ -321,7 +321,7 @@ def describe_state(state: dict) -> str:
     objects = _left_to_right(state["objects"])
     if not objects:
         return f"an empty {room} room."
-    return f"{_article(room)} {room} room with {_join([_a_obj(o) for o in objects])}."
+    return f"{article(room)} {room} room with {_join([_a_obj(o) for o in objects])}."
 
 
 def narrate(event: dict, state: dict) -> str:
@@ -708,7 +708,7 @@ def _state_question(rng: np.random.Generator, state: dict) -> tuple[str, str]:
     return "what colour is the room?", f"{state['room']}."
 
 
-def _memory_question(rng: np.random.Generator, previous: dict) -> tuple[str, str]:
+def memory_question(rng: np.random.Generator, previous: dict) -> tuple[str, str]:
     objects = previous["objects"]
     if objects and rng.random() < 0.6:
         obj = objects[int(rng.integers(len(objects)))]
@@ -737,7 +737,7 @@ def _make_qa(rng: np.random.Generator, cfg: WorldConfig, states: list[dict], eve
         state = states[f]
         scene = state["scene"]
         if scene >= 1 and rng.random() < _MEMORY_QA_PROB:
-            question, answer = _memory_question(rng, states[scene_starts[scene] - 1])
+            question, answer = memory_question(rng, states[scene_starts[scene] - 1])
             kind = "memory"
         else:
             question, answer = _state_question(rng, state)
@@ -747,7 +747,7 @@ def _make_qa(rng: np.random.Generator, cfg: WorldConfig, states: list[dict], eve
         after = [i for i in free if i >= needle_start + nf]
         unused = [i for i in after if i not in set(frames)] or after
         f = int(unused[int(rng.integers(len(unused)))])
-        answer = f"{_article(needle['colour'])} {needle['colour']} {needle['shape']}."
+        answer = f"{article(needle['colour'])} {needle['colour']} {needle['shape']}."
         qa.append({"frame": f, "question": "what rare object appeared?", "answer": answer, "kind": "needle"})
     qa.sort(key=lambda q: q["frame"])
     return [{"t": _t(q["frame"], cfg.fps), **q} for q in qa]
@@ -935,7 +935,7 @@ def _compare_options(states: list[dict]) -> list[tuple[str, str, list[int]]]:
             where.setdefault((obj["colour"], obj["shape"]), []).append(k)
     for (colour, shape), ks in sorted(where.items()):
         if len(ks) == 1:
-            options.append((f"which image has {_article(colour)} {colour} {shape}?", f"image {ks[0] + 1}.",
+            options.append((f"which image has {article(colour)} {colour} {shape}?", f"image {ks[0] + 1}.",
                             list(range(len(states)))))
     for a in range(len(states)):
         for b in range(a + 1, len(states)):

@@ -29,8 +29,10 @@ returns ``{"score": n}``. A failed request is recorded (``"status": "error"``) a
 next run; an unparsable reply is recorded as ``"unparsed"``.
 
 Memory: ``--no-memory`` is the baseline, the same model streaming with a sliding window of the last
-``--window-seconds`` of frames (``model.stream(window_seconds=W)``); without it the session keeps its
-whole KV cache (no memory bridge yet), which the JSON config says.
+``--window-seconds`` of frames (``model.stream(window_seconds=W)``); without it the session streams
+with the model's memory bridge (scenes folded into memory tokens, ``model.stream(memory=True)``), or
+keeps its whole KV cache for a model without a bridge. Each cell records the session's
+``scenes_closed`` and ``memories_kept``.
 
 Files: each cell is saved at once as ``OUTPUT_DIR/cells/L<L>_d<d>_r<r>.json`` (atomically), so a rerun
 skips finished cells (and only judges those without a judgement). ``OUTPUT_DIR/results.json`` (and
@@ -71,7 +73,7 @@ DEFAULT_LENGTHS = "60,300,900"
 DEFAULT_DEPTHS = "0,25,50,75,100"
 IMAGE_NEEDLE_SECONDS = 3.0         # image / text needles, unless --needle-seconds
 SHAPEWORLD_NEEDLE_SECONDS = 1.5    # WorldConfig's default
-MEMORY_FULL = "full-context (no bridge yet)"
+MEMORY_FULL = "memory bridge (the whole KV cache for a model without one)"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _EPS = 1e-6
 
@@ -469,7 +471,8 @@ def run_cell(model, inp: CellInput, fps: float, stream_options: dict) -> dict:
     stats = session.stats()
     out = {"prediction": answers[-1].text if answers else "", "t_question": t_question,
            "frames": session.frames_seen, "n_replies": sum(e.kind == "reply" for e in events),
-           "kv_length": stats.get("kv_length"), "wall_s": round(wall, 3),
+           "kv_length": stats.get("kv_length"), "scenes_closed": stats.get("scenes_closed"),
+           "memories_kept": stats.get("memories_kept"), "wall_s": round(wall, 3),
            "stream_fps": round(session.frames_seen / max(wall, 1e-9), 2)}
     if errors:
         out["error"] = errors[0]

@@ -11,6 +11,9 @@ Format (template strings in braces)::
     {bos}{system} <v>..<v> {interval} <v>..<v> {assistant} reply {end} <v>..<v> {interval} ...
                   {user} question {assistant} answer {end} <v>..<v> ...
 
+A memory stream replaces each closed scene by ``<m>..<m>`` (its memory tokens) followed by what was
+said during the scene, unlabelled (:meth:`StreamLayout.memory_block`).
+
 A chat turn (multi-image dialogue) is ``{user} Image1: <v>..<v> text {assistant} answer {end}``: the
 images of the turn take frame placeholders where the user's text places them.
 
@@ -69,9 +72,12 @@ class Turn:
 
 @dataclass
 class Memory:
-    """``n`` memory placeholders (filled by the memory bridge)."""
+    """A closed scene in a memory stream: ``n`` memory placeholders (filled with the bridge's memory of
+    the scene) and then the scene's dialogue as unlabelled context (``recap``: the Reply and Question
+    items said during the scene; questions with their answers)."""
 
-    n: int
+    n: int | None = None          # None: the model's memory tokens a scene
+    recap: list = field(default_factory=list)
 
 
 @dataclass
@@ -97,10 +103,11 @@ class Chunk:
 class StreamLayout:
     """Maps the template to token ids and builds the chunks of every timeline item."""
 
-    def __init__(self, template: TemplateConfig, tokenizer, tokens_per_frame: int):
+    def __init__(self, template: TemplateConfig, tokenizer, tokens_per_frame: int, memory_tokens: int = 0):
         self.template = template
         self.tokenizer = tokenizer
         self.tokens_per_frame = tokens_per_frame
+        self.memory_tokens = memory_tokens
         ids = {}
         for name in ("bos", "frame", "memory", "interval", "user", "assistant", "end"):
             text = getattr(template, name)
@@ -169,6 +176,24 @@ class StreamLayout:
     def memory(self, n: int) -> Chunk:
         return _unlabelled([self.memory_id] * n)
 
+    def memory_block(self, n: int | None, recap: list = ()) -> Chunk:
+        """A closed scene: ``n`` memory placeholders (None: the model's count), then what was said in it
+        (unlabelled), each reply as ``{assistant} text {end}`` and each question as
+        ``{user} q {assistant} a {end}``."""
+        n = self.memory_tokens if n is None else n
+        if not n:
+            raise ConfigError("a Memory item needs memory tokens but this model has no memory bridge (memory.tokens = 0)")
+        ids = [self.memory_id] * n
+        for item in recap:
+            if isinstance(item, Reply):
+                ids += [self.assistant_id] + self.text_ids(item.text) + [self.end_id]
+            elif isinstance(item, Question):
+                ids += [self.user_id] + self.text_ids(item.text) + [self.assistant_id]
+                ids += self.text_ids(item.answer or "") + [self.end_id]
+            else:
+                raise TypeError(f"a memory recap holds Reply and Question items, not {item!r}")
+        return _unlabelled(ids)
+
     # ---------------------------------------------------------------- whole timelines
     def build(self, items: list, system: str | None = None, with_prefix: bool = True) -> Chunk:
         """Concatenate the chunks of a timeline and shift labels into next-token targets.
@@ -194,7 +219,7 @@ class StreamLayout:
                 if item.answer is not None:
                     seq.extend(self.answer(item.answer))
             elif isinstance(item, Memory):
-                seq.extend(self.memory(item.n))
+                seq.extend(self.memory_block(item.n, item.recap))
             else:
                 raise TypeError(f"unknown timeline item {item!r}")
             previous = item

@@ -73,7 +73,8 @@ def attach_tokenizer(model: StreamingLM, tokenizer) -> StreamingLM:
         raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens but the LM's embedding table has {vocab} "
                               "rows: resize the LM's embeddings or use the LM's own tokenizer")
     model.tokenizer = tokenizer
-    model.layout = StreamLayout(model.config.template, tokenizer, model.config.frames.tokens_per_frame)
+    model.layout = StreamLayout(model.config.template, tokenizer, model.config.frames.tokens_per_frame,
+                                model.config.memory.tokens)
     return model
 
 
@@ -170,8 +171,10 @@ def load_folder(path: Path, *, device=None, dtype=None, overrides: dict | None =
     return model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
 
 
-def load_weights(model: torch.nn.Module, file: Path, *, prefix: str = "", strict: bool = True) -> None:
-    """Copy safetensors ``file`` into ``model``; missing, unexpected or mis-shaped tensors are errors."""
+def load_weights(model: torch.nn.Module, file: Path, *, prefix: str = "", strict: bool = True,
+                 allow_missing: tuple[str, ...] = ()) -> None:
+    """Copy safetensors ``file`` into ``model``; missing, unexpected or mis-shaped tensors are errors
+    (except missing tensors whose names start with one of ``allow_missing``: they keep their init)."""
     try:
         state = load_file(str(file))
     except Exception as err:  # safetensors raises several types for a broken file
@@ -184,7 +187,8 @@ def load_weights(model: torch.nn.Module, file: Path, *, prefix: str = "", strict
             raise CheckpointError(f"weights file '{file}': tensor '{prefix}{key}' has shape {tuple(value.shape)} but "
                                   f"the model expects {tuple(own[key].shape)}: the config does not match these weights")
     groups = _shared_groups(model)
-    missing = [k for k in own if not any(name in state for name in groups.get(k, [k]))]
+    missing = [k for k in own if not any(name in state for name in groups.get(k, [k]))
+               and not k.startswith(allow_missing)]
     unexpected = [k for k in state if k not in own]
     if strict and (missing or unexpected):
         raise CheckpointError(f"weights file '{file}' does not fit the model: missing {missing[:5]}"

@@ -13,37 +13,25 @@ which counters the forgetting of plain recurrence (VideoLLaMB's "memory cache wi
 ``M_0`` is learned. The output stays at the vision width so that the model's connector projects it
 to the LM width like frame tokens, and the LM reads it at memory placeholder tokens.
 
-Status: the module, its state and its gradients are built and tested; it is not yet wired into
-StreamSession nor trained (the memory-streaming issue does both).
+Order inside a scene: the bridge's self-attention sees a set of tokens, so each scene token gets two
+learned embeddings added first: its slot in the frame (pooled token, grid cell) and the age of its
+frame (frames before the scene's last, capped at ``max_age - 1``). Without them "the colour the square
+had last" and "a colour it had once" are indistinguishable.
+
+Streaming with memory (``model.stream(memory=True)``, :mod:`mmlc.streaming.session`) folds each
+closed scene and keeps its memory in the LM context; training (``memory`` stage of the tiny recipe)
+runs the same fold through the same layout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from mmlc.config import MemoryConfig
 from mmlc.errors import ConfigError
 
-
-@dataclass
-class MemoryConfig:
-    """Sizes of the bridge (VideoLLaMB: 32 memory tokens, 1 layer, 8 heads)."""
-
-    tokens: int = 32
-    layers: int = 1
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    max_cached: int = 64       # memories the retriever may attend to (oldest dropped beyond)
-
-    def __post_init__(self):
-        for name in ("tokens", "layers", "heads", "max_cached"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"memory.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+__all__ = ["MemoryBridge", "MemoryConfig", "MemoryState"]
 
 
 class _Block(nn.Module):
@@ -67,14 +55,18 @@ class _Block(nn.Module):
 class MemoryBridge(nn.Module):
     """Folds scenes into memory tokens; see the module docstring for the recurrence."""
 
-    def __init__(self, width: int, config: MemoryConfig | None = None):
+    def __init__(self, width: int, config: MemoryConfig | None = None, slots: int = 1):
         super().__init__()
-        self.config = config or MemoryConfig()
+        self.config = config or MemoryConfig(tokens=32)
         c = self.config
+        if c.tokens < 1:
+            raise ConfigError(f"memory.tokens = {c.tokens}: a memory bridge needs at least 1 memory token")
         if width % c.heads:
             raise ConfigError(f"memory.heads={c.heads} must divide the vision width {width}")
         self.width = width
         self.initial = nn.Parameter(torch.randn(c.tokens, width) * width ** -0.5)
+        self.slot = nn.Parameter(torch.zeros(slots, width))
+        self.age = nn.Parameter(torch.zeros(c.max_age, width))
         self.blocks = nn.ModuleList(_Block(width, c.heads, c.mlp_ratio) for _ in range(c.layers))
         self.retriever = _Block(width, c.heads, c.mlp_ratio)
         self.norm = nn.LayerNorm(width)
@@ -82,11 +74,26 @@ class MemoryBridge(nn.Module):
     def initial_memory(self, batch: int = 1) -> torch.Tensor:
         return self.initial[None].expand(batch, -1, -1)
 
+    def scene_tokens(self, scene: torch.Tensor) -> torch.Tensor:
+        """Frame tokens (B, F, T, Dv) -> (B, F*T, Dv) with slot and age embeddings added; (B, n, Dv) is
+        read as n one-token frames."""
+        if scene.ndim == 3:
+            scene = scene[:, :, None]
+        if scene.ndim != 4 or scene.shape[-1] != self.width:
+            raise ValueError(f"scene {tuple(scene.shape)} must be (B, frames, tokens, {self.width}) or (B, *, {self.width})")
+        b, f, t, _ = scene.shape
+        if t > self.slot.shape[0]:
+            raise ValueError(f"scene frames have {t} tokens but the bridge was built for {self.slot.shape[0]} a frame")
+        age = torch.arange(f - 1, -1, -1, device=scene.device).clamp_max(self.age.shape[0] - 1)
+        x = scene + self.slot[:t][None, None] + self.age[age][None, :, None]
+        return x.reshape(b, f * t, self.width)
+
     def fold(self, memory: torch.Tensor, scene: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
-        """One scene step. ``memory`` (B, m, Dv), ``scene`` (B, n, Dv) frame tokens of the scene,
-        ``cache`` (B, k, Dv) earlier memories flattened (or None). Returns the new memory (B, m, Dv)."""
-        if scene.ndim != 3 or memory.ndim != 3 or scene.shape[-1] != self.width or memory.shape[-1] != self.width:
-            raise ValueError(f"memory {tuple(memory.shape)} and scene {tuple(scene.shape)} must be (B, *, {self.width})")
+        """One scene step. ``memory`` (B, m, Dv), ``scene`` the scene's frame tokens (B, F, T, Dv) (or
+        (B, n, Dv)), ``cache`` (B, k, Dv) earlier memories flattened (or None). Returns the new memory."""
+        if memory.ndim != 3 or memory.shape[-1] != self.width:
+            raise ValueError(f"memory {tuple(memory.shape)} must be (B, *, {self.width})")
+        scene = self.scene_tokens(scene.to(memory.dtype))
         m = memory.shape[1]
         x = torch.cat([memory, scene], dim=1)
         for block in self.blocks:
@@ -99,7 +106,7 @@ class MemoryBridge(nn.Module):
     def forward(self, scenes: list[torch.Tensor]) -> list[torch.Tensor]:
         """Fold scenes in order from the initial memory (training); the memory after each scene."""
         state = MemoryState(self, batch=scenes[0].shape[0] if scenes else 1)
-        return [state.add_scene(s) for s in scenes]
+        return [state.add_batch(s) for s in scenes]
 
 
 class MemoryState:
@@ -112,11 +119,18 @@ class MemoryState:
         self.scenes = 0
 
     def add_scene(self, scene_tokens: torch.Tensor) -> torch.Tensor:
-        """Fold a closed scene's frame tokens (B, n, Dv) or (n, Dv); returns the new memory (B, m, Dv)."""
+        """Fold a closed scene's frame tokens (F, T, Dv) (a flat (n, Dv): n one-token
+        frames); returns the new memory (B, m, Dv)."""
         if scene_tokens.ndim == 2:
+            scene_tokens = scene_tokens[None, :, None]
+        elif scene_tokens.ndim == 3:
             scene_tokens = scene_tokens[None]
+        return self.add_batch(scene_tokens)
+
+    def add_batch(self, scene_tokens: torch.Tensor) -> torch.Tensor:
+        """Fold a batch of scenes, (B, F, T, Dv) or (B, n, Dv); returns the new memory (B, m, Dv)."""
         cache = torch.cat(self.cache, dim=1) if self.cache else None
-        self.memory = self.bridge.fold(self.memory, scene_tokens.to(self.memory.dtype), cache)
+        self.memory = self.bridge.fold(self.memory, scene_tokens, cache)
         self.cache.append(self.memory)
         if len(self.cache) > self.bridge.config.max_cached:
             self.cache.pop(0)

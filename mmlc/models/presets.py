@@ -2,7 +2,7 @@
 
 - ``tiny``: the CPU-sized layout of the embedded default model mmlc-tiny (64 px frames read at
   128 px by a small ResNet tower that also sees the previous frame, 1 + 2x2 tokens a frame, a 4-layer
-  Llama). A 3-layer SigLIP tower (patch 8 at 64 px) was tried first: after 700 auxiliary steps it
+  Llama; a memory bridge of 16 tokens). A 3-layer SigLIP tower (patch 8 at 64 px) was tried first: after 700 auxiliary steps it
   read the room and the object count but not which shape had which colour (chance level). A ResNet
   at 64 px (a 16x16 map after its stem) was no better; at 128 px its map keeps the shapes' outlines.
 - ``tiny-test``: the smallest random layout, for tests (hidden 32, 2 layers, 16 px frames).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mmlc.config import (ConnectorConfig, FramesConfig, LMConfig, MmlcConfig, StreamConfig,
+from mmlc.config import (ConnectorConfig, FramesConfig, LMConfig, MemoryConfig, MmlcConfig, StreamConfig,
                          TemplateConfig, VisionConfig)
 from mmlc.errors import ConfigError
 
@@ -47,6 +47,7 @@ def tiny() -> MmlcConfig:
         lm=LMConfig(hf=_llama(vocab=512, hidden=256, layers=4, heads=4, kv_heads=4, mlp=768)),
         template=TemplateConfig(),
         stream=StreamConfig(fps=2.0, threshold=0.725, max_reply_tokens=48),
+        memory=MemoryConfig(tokens=16, layers=1, heads=8, max_memories=32, max_scene_seconds=32.0),
     )
 
 
@@ -58,6 +59,7 @@ def tiny_test() -> MmlcConfig:
         connector=ConnectorConfig(hidden=0),
         lm=LMConfig(hf=_llama(vocab=512, hidden=32, layers=2, heads=4, kv_heads=2, mlp=64)),
         stream=StreamConfig(max_reply_tokens=8),
+        memory=MemoryConfig(tokens=4, layers=1, heads=4, max_memories=4, max_scene_seconds=4.0),
     )
 
 
@@ -70,6 +72,7 @@ def videollm_online_8b() -> MmlcConfig:
         lm=LMConfig(hf=_llama(vocab=128256, hidden=4096, layers=32, heads=32, kv_heads=8, mlp=14336,
                               rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5)),
         stream=StreamConfig(fps=2.0, threshold=0.725, max_reply_tokens=128),
+        memory=MemoryConfig(tokens=32, layers=1, heads=8),   # VideoLLaMB's bridge sizes
     )
 
 

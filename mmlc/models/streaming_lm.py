@@ -53,6 +53,14 @@ class StreamingLM(nn.Module):
         self.vision = vision if vision is not None else AutoModel.from_config(hf_config(config.vision.hf))
         self.connector = Connector(config.vision.hidden_size, config.lm.hidden_size, config.connector.hidden)
         self.lm = lm if lm is not None else AutoModelForCausalLM.from_config(hf_config(config.lm.hf))
+        self.bridge = None
+        if config.memory.tokens:
+            from mmlc.models.memory import MemoryBridge
+
+            # memory tokens: folded at the vision width, projected by the frames' connector plus a learned
+            # offset that tells the LM "memory" apart from "frame"
+            self.bridge = MemoryBridge(config.vision.hidden_size, config.memory, slots=config.frames.tokens_per_frame)
+            self.memory_offset = nn.Parameter(torch.zeros(config.lm.hidden_size))
         self.layout: StreamLayout | None = None
         self.tokenizer = None
         mean = torch.tensor(config.vision.image_mean).view(1, 3, 1, 1)
@@ -134,6 +142,12 @@ class StreamingLM(nn.Module):
         """Pixels (N, C, S, S) -> frame tokens at the LM width (N, T, D)."""
         return self.connector(self.vision_features(pixels))
 
+    def memory_embeddings(self, memory: torch.Tensor) -> torch.Tensor:
+        """Bridge memory (..., m, Dv) -> memory tokens at the LM width (..., m, D)."""
+        if self.bridge is None:
+            raise ConfigError("this model has no memory bridge (config memory.tokens = 0): stream with memory=False")
+        return self.connector(memory) + self.memory_offset
+
     # ------------------------------------------------------------------ LM
     def embed(self, input_ids: torch.Tensor, frame_tokens: torch.Tensor | None = None,
               memory_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -157,17 +171,19 @@ class StreamingLM(nn.Module):
         return embeds
 
     def forward(self, input_ids: torch.Tensor, *, pixels: torch.Tensor | None = None,
-                frame_tokens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                cache=None, logits_to_keep: int = 0, attention_mask: torch.Tensor | None = None):
+                frame_tokens: torch.Tensor | None = None, memory_tokens: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache=None, logits_to_keep: int = 0,
+                attention_mask: torch.Tensor | None = None):
         """One LM pass over ``input_ids`` (B, L) whose frame placeholders take the frames' tokens.
 
-        Give either ``pixels`` (N, C, S, S) or precomputed ``frame_tokens`` (N, T, D). Positions are
+        Give either ``pixels`` (N, C, S, S) or precomputed ``frame_tokens`` (N, T, D); ``memory_tokens``
+        (M, D) fill memory placeholders (:meth:`memory_embeddings` of the bridge's memory). Positions are
         explicit when a cache is used (the session tracks the true count). Returns the transformers
         output (``.logits``: (B, L or logits_to_keep, V)).
         """
         if pixels is not None:
             frame_tokens = self.frame_embeddings(pixels)
-        embeds = self.embed(input_ids, frame_tokens)
+        embeds = self.embed(input_ids, frame_tokens, memory_tokens)
         return self.lm(inputs_embeds=embeds, position_ids=position_ids, cache=cache,
                        use_cache=cache is not None, logits_to_keep=logits_to_keep, attention_mask=attention_mask)
 
@@ -200,23 +216,32 @@ class StreamingLM(nn.Module):
         (``growing``, the default, or ``dynamic``: transformers' concatenating cache, for comparison),
         ``scenes`` (online SceneTiling on the pooled frame features: ``scene`` events at boundaries,
         ``session.scene_starts``), ``max_scene_seconds`` (a longer scene is cut), ``window_seconds`` (keep
-        only the most recent frames in the KV cache: a bounded-context baseline without memory).
+        only the most recent frames in the KV cache: a bounded-context baseline without memory),
+        ``memory`` (fold each closed scene into memory tokens and crop the cache: a bounded context; on by
+        default when the model has a memory bridge and no window is asked for), ``max_memories`` (scene
+        memories kept in the context; defaults for both scene options come from the config's ``memory``).
         """
         from mmlc.streaming.session import StreamSession
 
         allowed = {"interval_seconds", "system", "batch_frames", "keep_history", "profile", "kv_cache", "scenes",
-                   "max_scene_seconds", "window_seconds"}
+                   "max_scene_seconds", "window_seconds", "memory", "max_memories"}
         unknown = set(options) - allowed
         if unknown:
             raise ConfigError(f"unknown stream options {sorted(unknown)}: known are fps, threshold, trigger, "
                               f"max_reply_tokens, {', '.join(sorted(allowed))}")
-        sc = self.config.stream
+        sc, mc = self.config.stream, self.config.memory
+        memory = options.pop("memory", None)
+        if memory is None:  # on by default with a bridge, unless a sliding window was asked for
+            memory = self.bridge is not None and options.get("window_seconds") is None
+        if memory:
+            options.setdefault("max_scene_seconds", mc.max_scene_seconds)
+            options.setdefault("max_memories", mc.max_memories)
         self._layout()
         return StreamSession(
             self, fps=sc.fps if fps is None else fps, threshold=sc.threshold if threshold is None else threshold,
             trigger=sc.trigger if trigger is None else trigger,
             max_reply_tokens=sc.max_reply_tokens if max_reply_tokens is None else max_reply_tokens,
-            interval_seconds=options.pop("interval_seconds", sc.interval_seconds), **options)
+            interval_seconds=options.pop("interval_seconds", sc.interval_seconds), memory=bool(memory), **options)
 
     def chat(self, system: str | None = None, max_reply_tokens: int | None = None, **options):
         """A new :class:`~mmlc.streaming.chat.ChatSession` (multi-image, multi-turn) on this model.

@@ -98,14 +98,15 @@ class CachedDecoder:
 
     @torch.inference_mode()
     def _forward_ids(self, ids: list[int], frame_tokens: torch.Tensor | None = None,
-                     need_logits: bool = True) -> torch.Tensor | None:
+                     need_logits: bool = True, memory_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
         """Append ``ids`` to the cache at the true positions; logits (V,) of the last one."""
         self._start()
         dev = self.model.device
         input_ids = torch.tensor([ids], device=dev)
         positions = torch.arange(self.position, self.position + len(ids), device=dev)[None]
+        extra = {"memory_tokens": memory_tokens} if memory_tokens is not None else {}
         out = self.model(input_ids, frame_tokens=frame_tokens, position_ids=positions, cache=self.cache,
-                         logits_to_keep=1)
+                         logits_to_keep=1, **extra)
         self.position += len(ids)
         if self.keep_history:
             self.history_ids += list(ids)

@@ -12,6 +12,19 @@ stateless between calls, so many sessions can share one model. Per frame (LIVE, 
 4. a reply is greedy-decoded into the same cache until ``{end}`` or ``max_reply_tokens`` (then
    ``{end}`` is appended so the turn is closed), and the stream resumes.
 
+Memory (``memory=True``, the default for a model with a memory bridge; VideoLLaMB's recurrent
+memory bridges over SceneTiling scenes): an online SceneTiling (on the pooled vision feature, with
+``max_scene_seconds`` forcing a cut) closes each scene a few frames after it ends. The session then
+folds the scene's frame features into memory tokens (:class:`~mmlc.models.memory.MemoryState`),
+crops the KV cache back to where the scene began, appends ``<m>..<m>`` (the memory, placed by the
+model's connector) and what was said in the scene (replies, questions and answers, as text), and
+replays the frames the tiler had already seen of the new scene. The position counter goes back too,
+so the context reads exactly like a training sequence of the ``memory`` stage (layout
+:meth:`~mmlc.models.layout.StreamLayout.memory_block`). At most ``max_memories`` scene memories stay
+in the context; the oldest leaves (its tokens are dropped from the cache; the recurrent memory and its
+retrieval cache still carry it), so the KV length is bounded by the prefix, ``max_memories`` blocks
+and one scene, however long the stream.
+
 Token chunks come from the model's :class:`~mmlc.models.layout.StreamLayout`, the same builder that
 makes training sequences. Frames from files are encoded by the vision tower in small batches ahead of
 the LM (vision work does not depend on the LM's decisions).
@@ -70,7 +83,7 @@ class StreamSession(CachedDecoder):
                  interval_seconds: float = 10.0, max_reply_tokens: int = 48, system: str | None = None,
                  batch_frames: int = 16, keep_history: bool = False, profile: bool = False,
                  kv_cache: str = "growing", scenes: bool = False, max_scene_seconds: float = 128.0,
-                 window_seconds: float | None = None):
+                 window_seconds: float | None = None, memory: bool = False, max_memories: int = 32):
         if not isinstance(fps, (int, float)) or fps <= 0:
             raise ConfigError(f"fps must be > 0, got {fps!r}: pass e.g. fps=2")
         if not 0.0 <= threshold <= 1.0:
@@ -93,7 +106,18 @@ class StreamSession(CachedDecoder):
         if window_seconds is not None and window_seconds <= 0:
             raise ConfigError(f"window_seconds must be > 0 (or None for no window), got {window_seconds!r}")
         self.window_seconds = window_seconds
-        self.scenes = bool(scenes)
+        if memory and getattr(model, "bridge", None) is None:
+            raise ConfigError("memory=True needs a model with a memory bridge (config memory.tokens > 0); this one "
+                              "has none: stream with memory=False")
+        if memory and window_seconds is not None:
+            raise ConfigError("memory=True and window_seconds both bound the context: use one (memory=False for "
+                              "the sliding-window baseline)")
+        if not isinstance(max_memories, int) or isinstance(max_memories, bool) or max_memories < 1:
+            raise ConfigError(f"max_memories must be an integer >= 1, got {max_memories!r}")
+        self.memory = bool(memory)
+        self.max_memories = max_memories
+        self.emit_scenes = bool(scenes)
+        self.scenes = bool(scenes) or self.memory   # memory needs the scene tiler
         self.max_scene_seconds = float(max_scene_seconds)
         self.reset()
 
@@ -120,19 +144,38 @@ class StreamSession(CachedDecoder):
         # frame index -> time of the last few frames: a boundary is confirmed at most ``delay`` frames late
         self._recent_times: deque = deque(maxlen=self._tiler.delay + 2 if self._tiler else 0)
         self._frame_kv: list[int] = []    # with window_seconds: cache index where each kept frame's chunk starts
+        # memory: what was fed since the current scene began (("frame", index, tokens, features) and
+        # ("text", ids) entries), where that scene begins in the cache and in positions, the memory blocks'
+        # cache spans, and the bridge's running memory
+        self._scene_log: list[tuple] = []
+        self._scene_kv: int | None = None
+        self._scene_pos = 0
+        self._blocks: list[list[int]] = []
+        self.scenes_closed = 0
+        self._memory_state = None
+        if self.memory:
+            from mmlc.models.memory import MemoryState
+
+            self._memory_state = MemoryState(self.model.bridge)
 
     def stats(self) -> dict:
-        """Current KV length, true position, frames seen, pending questions and events so far."""
-        return {"kv_length": self.kv_length, "position": self.position,
-                "frames_seen": self.frames_seen, "pending_questions": len(self._pending),
-                "events": len(self.dialogue)}
+        """Current KV length, true position, frames seen, pending questions and events so far; with
+        scenes or memory the scenes closed, with memory the scene memories kept in the context."""
+        stats = {"kv_length": self.kv_length, "position": self.position,
+                 "frames_seen": self.frames_seen, "pending_questions": len(self._pending),
+                 "events": len(self.dialogue)}
+        if self.scenes:
+            stats["scenes_closed"] = len(self.scene_starts) - 1
+        if self.memory:
+            stats["memories_kept"] = len(self._blocks)
+        return stats
 
     # ------------------------------------------------------------------ public API
     def push_frame(self, frame, t: float | None = None) -> list[Event]:
         """Feed one frame (H, W, 3) RGB at time ``t`` (default: one frame period after the last)."""
         t = self._next_time(t)
-        tokens, pooled = self._encode([frame])
-        return self._step(t, tokens[0], None if pooled is None else pooled[0])
+        tokens, feats = self._encode([frame])
+        return self._step(t, tokens[0], None if feats is None else feats[0])
 
     def feed(self, source, *, fps: float | None = None) -> Iterator[Event]:
         """Stream a source (path, ``webcam[:N]``, FrameSource, or iterable of ``(t, frame)``).
@@ -149,9 +192,9 @@ class StreamSession(CachedDecoder):
             while True:
                 items, error = _take(it, batch)
                 if items:
-                    tokens, pooled = self._encode([f for _, f in items])
+                    tokens, feats = self._encode([f for _, f in items])
                     for k, ((t, _), tok) in enumerate(zip(items, tokens)):
-                        for ev in self._step(self._next_time(t), tok, None if pooled is None else pooled[k]):
+                        for ev in self._step(self._next_time(t), tok, None if feats is None else feats[k]):
                             yield ev
                 if error is not None:
                     ev = Event(t=max(self.clock, 0.0), kind="error", text=str(error), frame=self.frames_seen)
@@ -186,20 +229,23 @@ class StreamSession(CachedDecoder):
         return events
 
     # ------------------------------------------------------------------ steps
-    def _step(self, t: float, frame_tokens: torch.Tensor, pooled: torch.Tensor | None = None) -> list[Event]:
-        """Insert due questions, append one frame, decide, maybe reply."""
+    def _step(self, t: float, frame_tokens: torch.Tensor, feats: torch.Tensor | None = None) -> list[Event]:
+        """Insert due questions, append one frame, decide, maybe reply. ``feats`` (T, Dv): the frame's
+        features at the vision width (with scenes or memory)."""
         events = []
         while self._pending and self._pending[0][0] < t - EPS:
             tq, _, q = heapq.heappop(self._pending)
             events.append(self._respond(q, tq))
         if self._tiler is not None:
-            events += self._scene_events(t, frame_tokens[0] if pooled is None else pooled)
+            events += self._scene_events(t, frame_tokens[0] if feats is None else feats[0])
         start = time.perf_counter() if self.profile else 0.0
         chunk = self.layout.frame(self.frames_seen, after_frame=self._last_item == "frame")
         if self.window_seconds is not None:
             self._start()
             self._frame_kv.append(self.kv_length)
         logits = self._forward(chunk, frame_tokens[None])
+        if self.memory:
+            self._scene_log.append(("frame", self.frames_seen, frame_tokens, feats))
         if self.window_seconds is not None:
             self._slide_window()
         self.last_logits = logits
@@ -238,10 +284,66 @@ class StreamSession(CachedDecoder):
         events = []
         for b in self._tiler.push(pooled.float().cpu().numpy()):
             self.scene_starts.append(b)
-            ev = Event(t=times.get(b, t), kind="scene", text=f"scene {len(self.scene_starts)} starts", frame=b)
-            self.dialogue.append(ev)
-            events.append(ev)
+            if self.memory:
+                self._close_scene(b)
+            if self.emit_scenes:
+                ev = Event(t=times.get(b, t), kind="scene", text=f"scene {len(self.scene_starts)} starts", frame=b)
+                self.dialogue.append(ev)
+                events.append(ev)
         return events
+
+    # ------------------------------------------------------------------ memory
+    def _start(self) -> None:
+        if not self._started:
+            super()._start()
+            self._scene_kv, self._scene_pos = self.kv_length, self.position
+
+    def _forward_ids(self, ids, frame_tokens=None, need_logits=True, memory_tokens=None):
+        logits = super()._forward_ids(ids, frame_tokens, need_logits, memory_tokens)
+        if self.memory and frame_tokens is None and memory_tokens is None and self._scene_kv is not None:
+            self._scene_log.append(("text", list(ids)))      # said during the current scene
+        return logits
+
+    @torch.inference_mode()
+    def _close_scene(self, boundary: int) -> None:
+        """The scene before frame ``boundary`` is closed: fold it, put its memory block where it began,
+        replay what was fed since ``boundary``, and keep at most ``max_memories`` blocks."""
+        from mmlc.streaming.kv import drop_tokens
+
+        cut = next((k for k, e in enumerate(self._scene_log) if e[0] == "frame" and e[1] >= boundary),
+                   len(self._scene_log))
+        scene, tail = self._scene_log[:cut], self._scene_log[cut:]
+        feats = [e[3] for e in scene if e[0] == "frame"]
+        if not feats:
+            return
+        memory = self._memory_state.add_scene(torch.stack(feats))
+        tokens = self.model.memory_embeddings(memory)[0]
+        said = [i for e in scene if e[0] == "text" for i in e[1]]
+        # back to where the scene began, then its block: <m>*n + what was said
+        self.cache.crop(self._scene_kv - self.kv_length)
+        self.position = self._scene_pos
+        self._scene_log = []
+        block_start = self._scene_kv
+        self._scene_kv = None            # no logging while the block is fed
+        self._forward_ids([self.layout.memory_id] * tokens.shape[0] + said, need_logits=False, memory_tokens=tokens)
+        self._blocks.append([block_start, self.kv_length])
+        while len(self._blocks) > self.max_memories:
+            a, b = self._blocks.pop(0)
+            drop_tokens(self.cache, a, b)
+            for blk in self._blocks:
+                blk[0] -= b - a
+                blk[1] -= b - a
+        self._scene_kv, self._scene_pos = self.kv_length, self.position
+        self._last_item = "text"
+        for entry in tail:                # the new scene's frames (and words) seen before the cut was known
+            if entry[0] == "frame":
+                chunk = self.layout.frame(entry[1], after_frame=self._last_item == "frame")
+                self._forward(chunk, entry[2][None])
+                self._scene_log.append(entry)
+                self._last_item = "frame"
+            else:
+                self._forward_ids(entry[1], need_logits=False)
+                self._last_item = "text"
 
     def _should_speak(self, t: float, p_silent: float) -> bool:
         if self.trigger == "interval":
@@ -267,22 +369,22 @@ class StreamSession(CachedDecoder):
 
     @torch.inference_mode()
     def _encode(self, frames: list) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Frames -> (frame tokens (N, T, D), pooled vision features (N, Dv) when ``scenes`` is on),
-        continuing the previous-frame channel across calls."""
+        """Frames -> (frame tokens (N, T, D), frame features at the vision width (N, T, Dv) when scenes
+        or memory are on), continuing the previous-frame channel across calls."""
         start = time.perf_counter() if self.profile else 0.0
         pixels = self.model.preprocess(frames, previous=self._prev_pixels)
         self._prev_pixels = pixels[-1, :3].clone()
-        pooled = None
-        if self.scenes:  # the pooled token at the vision width: what SceneTiling compares
+        feats = None
+        if self.scenes:  # SceneTiling compares the pooled token; the bridge folds all of them
             feats = self.model.vision_features(pixels)
-            tokens, pooled = self.model.connector(feats), feats[:, 0]
+            tokens = self.model.connector(feats)
         else:
             tokens = self.model.frame_embeddings(pixels)
         if self.profile:
             if tokens.is_cuda:
                 torch.cuda.synchronize(tokens.device)
             self._encode_share = (time.perf_counter() - start) / len(frames)
-        return tokens, pooled
+        return tokens, feats
 
     def _next_time(self, t: float | None) -> float:
         if t is None:

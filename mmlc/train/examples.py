@@ -13,6 +13,11 @@ Stages (TRIALS.md: grounding comes from many short, dense examples, then whole s
 - ``stream``: crops of whole episodes (20-40 frames 45%, 60-120 frames 30%, the whole episode 25%)
   with narration at event frames and questions at their times, memory and needle questions kept only
   when what they ask about is inside the crop.
+- ``memory``: a stream with memory: the episode cut into scenes as a memory stream cuts it (at its
+  scene cuts and every ``max_scene_frames``); every scene before the current one becomes a Memory
+  item (the bridge's memory tokens + what was said in it), the current scene is streamed with its
+  narration and questions, including questions about earlier scenes and the needle (mixed with the
+  earlier stages' examples so that nothing else is forgotten).
 - ``chat``: multi-image dialogues (2-4 still ShapeWorld images, 3-6 turns: questions about one image,
   comparisons across images, follow-ups such as "and in image 2?" that need the earlier turn), mixed
   with question-dense stream crops and ``stream`` crops so that chat does not wash out streaming.
@@ -25,9 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmlc.data import shapeworld as sw
-from mmlc.models.layout import Frame, Question, Reply, Turn
+from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream", "chat", "polish", "qa")
+STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign")
+# the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
+MAX_SCENE_FRAMES = 64
 
 
 @dataclass
@@ -40,6 +47,10 @@ class Example:
     decisions: bool = True
     still: bool = False          # independent still images (chat): each is its own previous frame
     meta: dict = field(default_factory=dict)
+    # memory streams: ``frames`` also holds the earlier scenes' frames; Frame item n shows
+    # frames[frame_offset + n], the k-th Memory item folds frames[memory_spans[k][0]:memory_spans[k][1]]
+    frame_offset: int = 0
+    memory_spans: list = field(default_factory=list)
 
 
 def training_world(rng: np.random.Generator, duration: float | None = None) -> sw.WorldConfig:
@@ -151,8 +162,149 @@ def qa_example(rng: np.random.Generator) -> Example:
     return multi_image_example(rng) if r < 0.8 else stream_example(rng)
 
 
+def memory_segments(truth: dict, max_frames: int = MAX_SCENE_FRAMES) -> list[tuple[int, int]]:
+    """Frame spans of the scenes a memory stream closes: the episode's scenes, each cut every
+    ``max_frames`` frames (the session's ``max_scene_seconds``)."""
+    spans = []
+    for sc in truth["scenes"]:
+        a, b = int(sc["start_frame"]), int(sc["end_frame"])
+        spans += [(s, min(s + max_frames, b)) for s in range(a, b, max_frames)]
+    return spans
+
+
+def memory_stream_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
+    """Earlier scenes as Memory items, then a crop of the current scene from its first frame, with 1-3
+    extra questions that need the memory (the needle, the previous room's state) where there are any."""
+    ep = sw.generate_episode(int(rng.integers(0, 2**31 - 1)),
+                             sw.WorldConfig(duration=float(rng.choice([60.0, 60.0, 90.0, 120.0])),
+                                            needle=bool(rng.random() < 0.6)))
+    truth = ep.truth()
+    spans = memory_segments(truth, max_frames)
+    k = int(rng.integers(1, len(spans))) if len(spans) > 1 else 0
+    start, end = spans[k]
+    stop = int(rng.integers(min(start + 8, end), end + 1))
+    items: list = []
+    for a, b in spans[:k]:
+        recap = [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)]
+        items.append(Memory(None, recap))
+    current = timeline(truth, start, stop, seen_from=0.0)
+    _add_memory_questions(rng, ep, truth, current, start, int(rng.integers(1, 4)))
+    items += current
+    frames = np.stack([ep.frame(i) for i in range(stop)])
+    return Example(items, frames, frames[0], frame_offset=start, memory_spans=spans[:k],
+                   meta={"stage": "memory", "seed": ep.seed, "start": start, "stop": stop,
+                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
+
+
+MEMORY_TARGETS = {"needle_shape": 1 + len(sw.NEEDLE_SHAPES), "needle_colour": 1 + len(sw.COLOURS),
+                  "room": len(sw.ROOMS), **{f"{shape}_colour": 1 + len(sw.COLOURS) for shape in sw.SHAPES}}
+
+
+def memory_targets(ep: sw.Episode, truth: dict, a: int, b: int) -> dict[str, int]:
+    """What a scene's memory should hold, as class indices (0 = none): the needle shown in frames
+    [a, b) (shape, colour), the room and each shape's colour at the scene's last frame. The memory
+    stages train a probe on the bridge's memory with these (a direct signal for the bridge, as the
+    vision stage's heads were for the tower)."""
+    colours, last = list(sw.COLOURS), ep.states[b - 1]
+    t = {"needle_shape": 0, "needle_colour": 0, "room": list(sw.ROOMS).index(last["room"])}
+    for n in truth["needles"]:
+        if a <= n["frame_start"] < b or a < n["frame_end"] <= b:
+            t["needle_shape"] = 1 + list(sw.NEEDLE_SHAPES).index(n["shape"])
+            t["needle_colour"] = 1 + colours.index(n["colour"])
+    for shape in sw.SHAPES:
+        obj = next((o for o in last["objects"] if o["shape"] == shape), None)
+        t[f"{shape}_colour"] = 0 if obj is None else 1 + colours.index(obj["colour"])
+    return t
+
+
+def memory_align_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
+    """Dense memory practice: earlier scenes as Memory items, then 1-4 frames of the current scene and
+    2-4 questions that need the memory (the needle, 70% of episodes have one; the previous room and its
+    objects), asked at once: many memory answers a step for little LM work."""
+    ep = sw.generate_episode(int(rng.integers(0, 2**31 - 1)),
+                             sw.WorldConfig(duration=float(rng.choice([60.0, 90.0])), needle=bool(rng.random() < 0.7)))
+    truth = ep.truth()
+    spans = memory_segments(truth, max_frames)
+    k = int(rng.integers(1, len(spans))) if len(spans) > 1 else 0
+    start, end = spans[k]
+    stop = min(end, start + int(rng.integers(1, 5)))
+    items: list = []
+    for a, b in spans[:k]:
+        recap = [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)]
+        items.append(Memory(None, recap))
+    current = timeline(truth, start, stop, questions=False)
+    f = stop - 1
+    state = ep.states[f]
+    asked = []
+    needle = truth["needles"][0] if truth["needles"] else None
+    if needle is not None and needle["frame_end"] <= f:
+        asked.append(("what rare object appeared?",
+                      f"{sw.article(needle['colour'])} {needle['colour']} {needle['shape']}."))
+    if state["scene"] >= 1:
+        previous = ep.states[int(truth["scenes"][state["scene"]]["start_frame"]) - 1]
+        asked.append(("what colour was the room before?", f"{previous['room']}."))
+        for obj in previous["objects"]:
+            asked.append((f"what colour was the {obj['shape']} in the previous scene?", f"{obj['colour']}."))
+    qs = sw.state_questions(state)
+    asked.append(qs[int(rng.integers(len(qs)))])
+    order = rng.permutation(len(asked))[: int(rng.integers(2, 5))]
+    items += current + [Question(*asked[int(j)]) for j in order]
+    frames = np.stack([ep.frame(i) for i in range(stop)])
+    return Example(items, frames, frames[0], frame_offset=start, memory_spans=spans[:k],
+                   meta={"stage": "memalign", "seed": ep.seed, "start": start, "stop": stop,
+                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
+
+
+def memalign_example(rng: np.random.Generator) -> Example:
+    """Memory alignment mix: dense memory questions 60%, memory streams 25%, question-dense crops 15%."""
+    r = rng.random()
+    if r < 0.6:
+        return memory_align_example(rng)
+    return memory_stream_example(rng) if r < 0.85 else qa_stream_example(rng)
+
+
+def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int) -> None:
+    """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
+    needle question once the needle has gone, a question about the previous room when there was one,
+    else a question about the state now."""
+    frame_pos = [k for k, it in enumerate(items) if isinstance(it, Frame)]
+    needle_end = truth["needles"][0]["frame_end"] if truth["needles"] else None
+    room_starts = [int(s["start_frame"]) for s in truth["scenes"]]
+    chosen = sorted(rng.choice(len(frame_pos), size=min(n, len(frame_pos)), replace=False))
+    for idx in reversed(chosen):
+        f = start + int(idx)
+        state = ep.states[f]
+        options = []
+        if needle_end is not None and f >= needle_end:
+            needle = truth["needles"][0]
+            options.append(("what rare object appeared?",
+                            f"{sw.article(needle['colour'])} {needle['colour']} {needle['shape']}."))
+        scene = state["scene"]
+        if scene >= 1:
+            options.append(sw.memory_question(rng, ep.states[room_starts[scene] - 1]))
+        if not options or rng.random() < 0.2:
+            qs = sw.state_questions(state)
+            options = [qs[int(rng.integers(len(qs)))]]
+        q, a = options[int(rng.integers(len(options)))]
+        k = frame_pos[idx] + 1
+        while k < len(items) and not isinstance(items[k], Frame):
+            k += 1
+        items.insert(k, Question(q, a))
+
+
+def memory_example(rng: np.random.Generator) -> Example:
+    """The memory stage's mix: memory streams 55%, question-dense crops 20%, multi-image dialogues 15%,
+    streams 10% (the earlier skills keep being practised while the bridge learns)."""
+    r = rng.random()
+    if r < 0.55:
+        return memory_stream_example(rng)
+    if r < 0.75:
+        return qa_stream_example(rng)
+    return multi_image_example(rng) if r < 0.9 else stream_example(rng)
+
+
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
-            "polish": polish_example, "qa": qa_example}
+            "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:
@@ -165,12 +317,13 @@ def narration_by_frame(truth: dict) -> dict[int, str]:
     return {int(round(n["t"] * truth["fps"])): n["text"] for n in truth["narration"]}
 
 
-def timeline(truth: dict, start: int, stop: int, *, questions: bool = True) -> list:
+def timeline(truth: dict, start: int, stop: int, *, questions: bool = True, seen_from: float | None = None) -> list:
     """Layout items of frames [start, stop) of an episode's ground truth.
 
     Each frame is followed by its narration sentence (also at a crop's first frame: the tower sees
     the frame before it), then by the questions asked at its time. Memory and needle questions are
-    kept only when what they ask about lies inside the crop.
+    kept only when what they ask about lies inside what the model has seen: the crop, or from time
+    ``seen_from`` on (a memory stream has seen the whole episode so far).
     """
     said = narration_by_frame(truth)
     fps = truth["fps"]
@@ -178,7 +331,7 @@ def timeline(truth: dict, start: int, stop: int, *, questions: bool = True) -> l
     if questions:
         for qa in truth["qa"]:
             i = int(round(qa["t"] * fps))
-            if start <= i < stop and _answerable(qa, truth, start / fps):
+            if start <= i < stop and _answerable(qa, truth, start / fps if seen_from is None else seen_from):
                 asked.setdefault(i, []).append(Question(qa["question"], qa["answer"]))
     items: list = []
     for n, i in enumerate(range(start, stop)):

@@ -22,6 +22,7 @@ class Stage:
     max_batch_tokens: int = 0   # > 0: cap tokens a batch (long stream crops make smaller batches)
     warmup: int = 50
     eval_examples: int = 32
+    new_lr_scale: float = 1.0   # memory stage: lr multiplier of the freshly initialised bridge
 
 
 @dataclass
@@ -48,6 +49,10 @@ def tiny() -> Recipe:
         Stage("chat", steps=450, lr=5e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
         Stage("polish", steps=500, lr=3e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
         Stage("qa", steps=500, lr=2e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
+        Stage("memory", steps=450, lr=2e-4, batch_size=12, max_batch_tokens=6144, warmup=30, eval_examples=32,
+              new_lr_scale=5.0),
+        Stage("memalign", steps=400, lr=2e-4, batch_size=12, max_batch_tokens=6144, warmup=20, eval_examples=32,
+              new_lr_scale=5.0),
     ])
 
 
@@ -58,6 +63,8 @@ def tiny_smoke() -> Recipe:
         Stage("change", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=4),
         Stage("stream", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=2048, warmup=1, eval_examples=2),
         Stage("chat", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=2048, warmup=1, eval_examples=2),
+        Stage("memory", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
+        Stage("memalign", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
     ])
 
 

@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,41 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
         kinds[b, :n] = torch.tensor(s.kinds)
         mask[b, :n] = 1
     with torch.no_grad():
-        pixels = torch.cat([_pixels(model, e) for e in examples])
+        per_example = [_pixels(model, e) for e in examples]
+    # rows of the pixel batch that are frame tokens, and per example the row spans its Memory items fold
+    frame_rows, memory_spans, row = [], [], 0
+    for e, px in zip(examples, per_example):
+        frame_rows += range(row + e.frame_offset, row + len(px))
+        memory_spans.append([(row + a, row + b) for a, b in e.memory_spans])
+        row += len(px)
     dev = model.device
-    return {"input_ids": ids.to(dev), "labels": labels.to(dev), "kinds": kinds.to(dev),
-            "attention_mask": mask.to(dev), "pixels": pixels}
+    batch = {"input_ids": ids.to(dev), "labels": labels.to(dev), "kinds": kinds.to(dev),
+             "attention_mask": mask.to(dev), "pixels": torch.cat(per_example)}
+    if any(memory_spans):
+        batch["frame_rows"] = torch.tensor(frame_rows, device=dev)
+        batch["memory_spans"] = memory_spans
+        targets = [t for e in examples if e.memory_spans for t in e.meta.get("memory_targets", [None] * len(e.memory_spans))]
+        if targets and all(t is not None for t in targets):
+            batch["memory_targets"] = torch.tensor([[t[k] for k in ex.MEMORY_TARGETS] for t in targets], device=dev)
+    return batch
+
+
+class MemoryProbe(torch.nn.Module):
+    """Linear read-outs of a scene's bridge memory (m x Dv, flattened) for :data:`examples.MEMORY_TARGETS`:
+    a direct training signal for the bridge (training only; not part of the shipped model)."""
+
+    def __init__(self, tokens: int, width: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(tokens * width, n) for k, n in ex.MEMORY_TARGETS.items()})
+
+    def forward(self, memory: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = memory.flatten(1)
+        loss, acc = 0.0, {}
+        for j, (name, head) in enumerate(self.heads.items()):
+            logits = head(x)
+            loss = loss + torch.nn.functional.cross_entropy(logits, targets[:, j])
+            acc[name] = float((logits.argmax(-1) == targets[:, j]).float().mean())
+        return loss / len(self.heads), acc
 
 
 def _train_mode(model, vision_stage: bool) -> None:
@@ -86,26 +118,54 @@ def _pixels(model, e: ex.Example) -> torch.Tensor:
                             previous=model.preprocess(torch.from_numpy(e.previous[None]))[0, :3])
 
 
-def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False) -> tuple[dict, torch.Tensor]:
+def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False,
+            probe: "MemoryProbe | None" = None) -> tuple[dict, torch.Tensor]:
     """Forward + LIVE loss on a batch; returns (loss parts, logits).
 
     Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
-    logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation.
+    logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation. With a ``probe`` and
+    memory targets in the batch, the probe's loss on the bridge memories is added (``memory_probe_loss``).
     """
     if train_vision:
         tokens = model.frame_embeddings(batch["pixels"])
+        memory = None
     else:
         with torch.no_grad():
             feats = model.vision_features(batch["pixels"])
-        tokens = model.connector(feats)
+        rows = batch.get("frame_rows")
+        tokens = model.connector(feats if rows is None else feats[rows])
+        memory, raw = fold_memories(model, feats, batch["memory_spans"]) if rows is not None else (None, None)
     if full_logits:
-        out = model(batch["input_ids"], frame_tokens=tokens, attention_mask=batch["attention_mask"])
-        return model.live_loss(out.logits, batch["labels"], batch["kinds"]), out.logits
-    embeds = model.embed(batch["input_ids"], tokens)
+        out = model(batch["input_ids"], frame_tokens=tokens, memory_tokens=memory,
+                    attention_mask=batch["attention_mask"])
+        parts = model.live_loss(out.logits, batch["labels"], batch["kinds"])
+        if probe is not None and raw is not None and "memory_targets" in batch:
+            parts["memory_probe_loss"], parts["probe_acc"] = probe(raw, batch["memory_targets"])
+        return parts, out.logits
+    embeds = model.embed(batch["input_ids"], tokens, memory)
     hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
-    return model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep]), logits
+    parts = model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep])
+    if probe is not None and raw is not None and "memory_targets" in batch:
+        parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
+        parts["loss"] = parts["loss"] + parts["memory_probe_loss"]
+    return parts, logits
+
+
+def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]):
+    """Memory tokens (M*m, D) for every Memory item of a batch, in order, and the bridge's memories
+    (M, m, Dv): each example's scenes (row spans of ``feats``, frame features (N, T, Dv)) folded one
+    after another by the bridge, as the session folds a stream's scenes. (None, None) without any."""
+    from mmlc.models.memory import MemoryState
+
+    out, raw = [], []
+    for example_spans in spans:
+        state = MemoryState(model.bridge)
+        for a, b in example_spans:
+            raw.append(state.add_scene(feats[a:b])[0])
+            out.append(model.memory_embeddings(raw[-1]))
+    return (torch.cat(out), torch.stack(raw)) if out else (None, None)
 
 
 def draw_batch(model, stage: Stage, rng: np.random.Generator) -> list[ex.Example]:
@@ -115,7 +175,8 @@ def draw_batch(model, stage: Stage, rng: np.random.Generator) -> list[ex.Example
     per_frame = model.config.frames.tokens_per_frame + 1
     while len(batch) < stage.batch_size:
         e = build_one(rng)
-        cost = len(e.frames) * per_frame + 12 * sum(1 for i in e.items if not isinstance(i, ex.Frame))
+        cost = (len(e.frames) - e.frame_offset) * per_frame + 12 * sum(1 for i in e.items if not isinstance(i, ex.Frame))
+        cost += sum(12 * len(i.recap) + model.config.memory.tokens for i in e.items if isinstance(i, ex.Memory))
         if batch and stage.max_batch_tokens and (len(batch) + 1) * max(longest, cost) > stage.max_batch_tokens:
             break
         batch.append(e)
@@ -131,8 +192,11 @@ WORD_CLASSES = {
 }
 
 
+MEMORY_STAGES = ("memory", "memalign")
+
+
 @torch.no_grad()
-def grounding_report(model, examples: list[ex.Example]) -> dict:
+def grounding_report(model, examples: list[ex.Example], probe: MemoryProbe | None = None) -> dict:
     """Teacher-forced grounding on held-out examples.
 
     decision accuracy (argmax of interval vs assistant at each frame decision), speak recall/precision,
@@ -151,7 +215,12 @@ def grounding_report(model, examples: list[ex.Example]) -> dict:
     for i in range(0, len(examples), 8):
         chunk = examples[i:i + 8]
         batch = collate(model, chunk)
-        parts, logits = lm_step(model, batch, full_logits=True)
+        parts, logits = lm_step(model, batch, full_logits=True, probe=probe)
+        for name, value in parts.get("probe_acc", {}).items():
+            c = counts.setdefault(f"memory_{name}", [0, 0])
+            n_mem = int(batch["memory_targets"].shape[0])
+            c[0] += round(value * n_mem)
+            c[1] += n_mem
         add_loss = counts.setdefault("loss_sum", [0, 0])
         add_loss[0] += float(parts["loss"]) * len(chunk)
         add_loss[1] += len(chunk)
@@ -266,7 +335,11 @@ class Run:
         """The saved recipe is this one minus stages appended at the end (and its run reached them)."""
         mine = self.recipe.to_dict()
         n = len(saved.get("stages", []))
-        return (bool(saved) and n < len(mine["stages"]) and mine["stages"][:n] == saved["stages"]
+        try:  # stages saved before a Stage field existed compare with that field's default
+            stages = [asdict(Stage(**d)) for d in saved.get("stages", [])]
+        except TypeError:
+            return False
+        return (bool(saved) and n < len(mine["stages"]) and mine["stages"][:n] == stages
                 and {k: v for k, v in mine.items() if k != "stages"} == {k: v for k, v in saved.items() if k != "stages"})
 
     # -- tokenizer -----------------------------------------------------------------------------
@@ -289,13 +362,17 @@ class Run:
         t0 = time.time()
         model = build(preset(self.recipe.preset), self.tokenizer(), seed=self.recipe.seed)
         model.to(self.acc.device)
-        heads = make_heads(model).to(self.acc.device)
+        heads = make_heads(model)
+        if model.bridge is not None:
+            heads.memory_probe = MemoryProbe(model.config.memory.tokens, model.config.vision.hidden_size)
+        heads.to(self.acc.device)
         ckpt = self.out / "checkpoint"
         start_stage, start_step, elapsed = 0, 0, 0.0
         if state is not None:
-            load_weights(model, ckpt / "model.safetensors")
+            # a run that predates the memory bridge (recipe extended with a memory stage) has no bridge yet
+            load_weights(model, ckpt / "model.safetensors", allow_missing=("bridge.", "memory_offset"))
             if (ckpt / "heads.safetensors").is_file():
-                load_weights(heads, ckpt / "heads.safetensors")
+                load_weights(heads, ckpt / "heads.safetensors", allow_missing=("memory_probe.",))
             start_stage, start_step, elapsed = state["stage"], state["step"], state.get("elapsed", 0.0)
             self.log(f"resuming stage {start_stage} ({self.recipe.stages[start_stage].name}) at step {start_step}")
         for s_idx in range(start_stage, len(self.recipe.stages)):
@@ -315,10 +392,17 @@ class Run:
             p.requires_grad_(False)
         trainable = list(model.vision.parameters()) + list(heads.parameters()) if vision else \
             list(model.connector.parameters()) + list(model.lm.parameters())
-        for p in trainable:
+        memory_stage = stage.name in MEMORY_STAGES
+        fresh = list(model.bridge.parameters()) + [model.memory_offset] + list(heads.memory_probe.parameters()) \
+            if memory_stage else []
+        for p in trainable + fresh:
             p.requires_grad_(True)
         params = list({id(p): p for p in trainable}.values())
-        opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.recipe.weight_decay, betas=(0.9, 0.98))
+        groups = [{"params": params, "scale": 1.0}]
+        if fresh:
+            groups.append({"params": fresh, "scale": stage.new_lr_scale})
+            params = params + fresh
+        opt = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=self.recipe.weight_decay, betas=(0.9, 0.98))
         ckpt = self.out / "checkpoint"
         if step0 > 0 and (ckpt / "optimizer.safetensors").is_file():
             load_optimizer(opt, ckpt / "optimizer.safetensors")
@@ -332,14 +416,14 @@ class Run:
         for step in range(step0, stage.steps):
             rng = np.random.default_rng([self.recipe.seed, s_idx, step, self.acc.process_index])
             for g in opt.param_groups:
-                g["lr"] = lr_at(stage, step)
+                g["lr"] = lr_at(stage, step) * g.get("scale", 1.0)
             if vision:
                 prevs, curs, labels = sample_pairs(rng, stage.batch_size, world, dense_side=side)
                 loss, _ = aux_loss(model, heads, prevs, curs, labels)
                 parts = {"loss": loss}
             else:
                 batch = collate(model, draw_batch(model, stage, rng))
-                parts, _ = lm_step(model, batch)
+                parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None)
                 loss = parts["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -397,7 +481,8 @@ class Run:
                                       []).append(v)
                 return {k: round(float(np.mean(v)), 4) for k, v in groups.items()}
             examples = [ex.BUILDERS[stage.name](rng) for _ in range(stage.eval_examples)]
-            return grounding_report(model, examples)
+            probe = getattr(heads, "memory_probe", None) if stage.name in MEMORY_STAGES else None
+            return grounding_report(model, examples, probe=probe)
 
     def _save(self, model, heads, opt, stage: int, step: int, elapsed: float) -> None:
         if not self.main:
