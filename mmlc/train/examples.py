@@ -32,7 +32,7 @@ import numpy as np
 from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign")
+STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -255,6 +255,60 @@ def memory_align_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_F
                          "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
 
 
+def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
+    """A NIAVH-like long stream: a 3-10 minute episode (one room every ~40 s on average, a needle in 80%
+    of them at a random depth) folded into 6-20 memories, then the first 1-6 frames of the last scene
+    and 2-3 questions about the needle and the previous room: the answer can sit many memories back,
+    as in a long haystack (the other memory stages see at most a few)."""
+    duration = float(rng.choice([180.0, 300.0, 420.0, 600.0]))
+    n_rooms = max(2, int(round(duration / 40.0)))
+    world = sw.WorldConfig(duration=duration, min_scenes=max(1, n_rooms - 2), max_scenes=n_rooms + 2,
+                           needle=bool(rng.random() < 0.8))
+    ep = sw.generate_episode(int(rng.integers(0, 2**31 - 1)), world)
+    truth = ep.truth()
+    spans = memory_segments(truth, max_frames)
+    k = len(spans) - 1
+    start, end = spans[k]
+    stop = min(end, start + int(rng.integers(1, 7)))
+    items: list = []
+    for a, b in spans[:k]:
+        recap = [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)]
+        items.append(Memory(None, recap))
+    items += timeline(truth, start, stop, questions=False)
+    state = ep.states[stop - 1]
+    asked = []
+    if truth["needles"]:
+        needle = truth["needles"][0]
+        if needle["frame_end"] <= stop - 1:
+            asked.append(("what rare object appeared?",
+                          f"{sw.article(needle['colour'])} {needle['colour']} {needle['shape']}."))
+    if state["scene"] >= 1:
+        previous = ep.states[int(truth["scenes"][state["scene"]]["start_frame"]) - 1]
+        asked.append(("what colour was the room before?", f"{previous['room']}."))
+        for obj in previous["objects"]:
+            asked.append((f"what colour was the {obj['shape']} in the previous scene?", f"{obj['colour']}."))
+    qs = sw.state_questions(state)
+    asked.append(qs[int(rng.integers(len(qs)))])
+    keep = [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[:2]] if asked[0][0].startswith("what rare") \
+        else [int(j) for j in rng.permutation(len(asked))[:3]]
+    items += [Question(*asked[j]) for j in keep]
+    frames = np.stack([ep.frame(i) for i in range(stop)])
+    return Example(items, frames, frames[0], frame_offset=start, memory_spans=spans[:k],
+                   meta={"stage": "long", "seed": ep.seed, "start": start, "stop": stop,
+                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
+
+
+def long_example(rng: np.random.Generator) -> Example:
+    """The long-memory stage: long streams 45%, dense memory questions 25%, question-dense crops 15%,
+    stream crops 15%."""
+    r = rng.random()
+    if r < 0.45:
+        return long_memory_example(rng)
+    if r < 0.7:
+        return memory_align_example(rng)
+    return qa_stream_example(rng) if r < 0.85 else stream_example(rng)
+
+
 def memalign_example(rng: np.random.Generator) -> Example:
     """Memory alignment mix: dense memory questions 60%, memory streams 25%, question-dense crops 15%."""
     r = rng.random()
@@ -304,7 +358,8 @@ def memory_example(rng: np.random.Generator) -> Example:
 
 
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
-            "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example}
+            "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
+            "long": long_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

@@ -20,6 +20,7 @@ class Stage:
     lr: float
     batch_size: int = 16
     max_batch_tokens: int = 0   # > 0: cap tokens a batch (long stream crops make smaller batches)
+    max_batch_frames: int = 0   # > 0: cap frames through the vision tower a batch (memory stages fold long streams)
     warmup: int = 50
     eval_examples: int = 32
     new_lr_scale: float = 1.0   # memory stage: lr multiplier of the freshly initialised bridge
@@ -51,8 +52,10 @@ def tiny() -> Recipe:
         Stage("qa", steps=500, lr=2e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
         Stage("memory", steps=450, lr=2e-4, batch_size=12, max_batch_tokens=6144, warmup=30, eval_examples=32,
               new_lr_scale=5.0),
-        Stage("memalign", steps=400, lr=2e-4, batch_size=12, max_batch_tokens=6144, warmup=20, eval_examples=32,
+        Stage("memalign", steps=300, lr=2e-4, batch_size=8, max_batch_tokens=6144, warmup=20, eval_examples=32,
               new_lr_scale=5.0),
+        Stage("long", steps=200, lr=2e-4, batch_size=6, max_batch_tokens=6144, max_batch_frames=2400, warmup=10,
+              eval_examples=16, new_lr_scale=5.0),
     ])
 
 

@@ -169,12 +169,16 @@ def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]
 
 
 def draw_batch(model, stage: Stage, rng: np.random.Generator) -> list[ex.Example]:
-    """``batch_size`` examples, fewer when the padded batch (B x longest) would pass ``max_batch_tokens``."""
+    """``batch_size`` examples, fewer when the padded batch (B x longest) would pass ``max_batch_tokens`` or
+    the frames through the tower would pass ``max_batch_frames``."""
     build_one = ex.BUILDERS[stage.name]
-    batch, longest = [], 0
+    batch, longest, frames = [], 0, 0
     per_frame = model.config.frames.tokens_per_frame + 1
     while len(batch) < stage.batch_size:
         e = build_one(rng)
+        frames += len(e.frames)
+        if batch and stage.max_batch_frames and frames > stage.max_batch_frames:
+            break
         cost = (len(e.frames) - e.frame_offset) * per_frame + 12 * sum(1 for i in e.items if not isinstance(i, ex.Frame))
         cost += sum(12 * len(i.recap) + model.config.memory.tokens for i in e.items if isinstance(i, ex.Memory))
         if batch and stage.max_batch_tokens and (len(batch) + 1) * max(longest, cost) > stage.max_batch_tokens:
@@ -192,7 +196,7 @@ WORD_CLASSES = {
 }
 
 
-MEMORY_STAGES = ("memory", "memalign")
+MEMORY_STAGES = ("memory", "memalign", "long")
 
 
 @torch.no_grad()
