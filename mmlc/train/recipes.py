@@ -56,6 +56,8 @@ def tiny() -> Recipe:
               new_lr_scale=5.0),
         Stage("long", steps=200, lr=2e-4, batch_size=6, max_batch_tokens=6144, max_batch_frames=2400, warmup=10,
               eval_examples=16, new_lr_scale=5.0),
+        Stage("refresh", steps=150, lr=1.5e-4, batch_size=16, max_batch_tokens=5120, max_batch_frames=1600, warmup=10,
+              eval_examples=32),
     ])
 
 
