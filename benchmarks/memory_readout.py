@@ -28,7 +28,7 @@ from mmlc.train.trainer import collate, lm_step
 
 
 def main(argv: list[str]) -> dict:
-    source = argv[0] if argv else None
+    source = argv[0] if argv and argv[0] else None
     n = int(argv[1]) if len(argv) > 1 else 40
     if source and Path(source).is_file():   # a bare weights file of the tiny preset (a training checkpoint)
         from mmlc.models.loading import load_weights
