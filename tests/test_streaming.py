@@ -98,7 +98,10 @@ class ScriptedModel(torch.nn.Module):
     def frame_embeddings(self, pixels):
         return torch.zeros(pixels.shape[0], self.layout.tokens_per_frame, 4)
 
-    def forward(self, input_ids, frame_tokens=None, position_ids=None, cache=None, logits_to_keep=0):
+    bridge = None   # no memory bridge
+
+    def forward(self, input_ids, frame_tokens=None, memory_tokens=None, position_ids=None, cache=None,
+                logits_to_keep=0):
         ids = input_ids[0].tolist()
         self.calls.append(ids)
         logits = torch.full((self.vocab,), -1e4)

@@ -294,6 +294,14 @@ def article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+NEEDLE_QUESTION = "what rare object appeared?"
+
+
+def needle_answer(needle: dict) -> str:
+    """The answer to :data:`NEEDLE_QUESTION`: "a red cross."."""
+    return f"{article(needle['colour'])} {needle['colour']} {needle['shape']}."
+
+
 def _a_obj(obj: dict) -> str:
     return f"{article(obj['colour'])} {obj['colour']} {obj['shape']}"
 
@@ -747,8 +755,7 @@ def _make_qa(rng: np.random.Generator, cfg: WorldConfig, states: list[dict], eve
         after = [i for i in free if i >= needle_start + nf]
         unused = [i for i in after if i not in set(frames)] or after
         f = int(unused[int(rng.integers(len(unused)))])
-        answer = f"{article(needle['colour'])} {needle['colour']} {needle['shape']}."
-        qa.append({"frame": f, "question": "what rare object appeared?", "answer": answer, "kind": "needle"})
+        qa.append({"frame": f, "question": NEEDLE_QUESTION, "answer": needle_answer(needle), "kind": "needle"})
     qa.sort(key=lambda q: q["frame"])
     return [{"t": _t(q["frame"], cfg.fps), **q} for q in qa]
 

@@ -101,7 +101,7 @@ def evaluate_episode(model, episode: EpisodeInput, threshold: float, memory: boo
     """Stream one episode (``memory``: None = the model's default) and score it."""
     truth = episode.truth
     fps = float(truth["fps"])
-    session = model.stream(fps=fps, threshold=threshold, **({} if memory is None else {"memory": memory}))
+    session = model.stream(fps=fps, threshold=threshold, memory=memory)
     for qa in truth["qa"]:
         session.ask(qa["question"], t=qa["t"])
     t0 = time.perf_counter()
@@ -228,8 +228,6 @@ def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: fl
     """Evaluate ``model`` on ``data`` (a folder, or ``shapeworld:N``); resumable through ``json_out``.
     ``memory=False`` streams without the memory bridge (None: the model's default)."""
     threshold = model.config.stream.threshold if threshold is None else threshold
-    has_bridge = getattr(model, "bridge", None) is not None
-    memory = has_bridge if memory is None else bool(memory)
     episodes, total = resolve_data(data, seed)
     partial = Path(str(json_out) + ".episodes.jsonl") if json_out else None
     done: dict[str, dict] = {}
@@ -244,7 +242,7 @@ def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: fl
         if episode.id in done:
             results.append(done[episode.id])
         else:
-            row = evaluate_episode(model, episode, threshold, memory if has_bridge else None)
+            row = evaluate_episode(model, episode, threshold, memory)
             results.append(row)
             if partial is not None:
                 with open(partial, "a") as f:
@@ -253,7 +251,8 @@ def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: fl
         bar.set_postfix(f1=f"{summarize(results)['narration']['f1']:.3f}")
     bar.close()
     report = {"summary": summarize(results), "episodes": results,
-              "config": {"data": data, "seed": seed, "threshold": threshold, "model": model_name, "memory": memory,
+              "config": {"data": data, "seed": seed, "threshold": threshold, "model": model_name,
+                         "memory": (model.bridge is not None) if memory is None else memory,
                          "model_config": model.config.name, "tolerance_s": 1.0}}
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -104,9 +104,8 @@ class CachedDecoder:
         dev = self.model.device
         input_ids = torch.tensor([ids], device=dev)
         positions = torch.arange(self.position, self.position + len(ids), device=dev)[None]
-        extra = {"memory_tokens": memory_tokens} if memory_tokens is not None else {}
-        out = self.model(input_ids, frame_tokens=frame_tokens, position_ids=positions, cache=self.cache,
-                         logits_to_keep=1, **extra)
+        out = self.model(input_ids, frame_tokens=frame_tokens, memory_tokens=memory_tokens, position_ids=positions,
+                         cache=self.cache, logits_to_keep=1)
         self.position += len(ids)
         if self.keep_history:
             self.history_ids += list(ids)

@@ -106,7 +106,7 @@ class StreamSession(CachedDecoder):
         if window_seconds is not None and window_seconds <= 0:
             raise ConfigError(f"window_seconds must be > 0 (or None for no window), got {window_seconds!r}")
         self.window_seconds = window_seconds
-        if memory and getattr(model, "bridge", None) is None:
+        if memory and model.bridge is None:
             raise ConfigError("memory=True needs a model with a memory bridge (config memory.tokens > 0); this one "
                               "has none: stream with memory=False")
         if memory and window_seconds is not None:
@@ -151,7 +151,6 @@ class StreamSession(CachedDecoder):
         self._scene_kv: int | None = None
         self._scene_pos = 0
         self._blocks: list[list[int]] = []
-        self.scenes_closed = 0
         self._memory_state = None
         if self.memory:
             from mmlc.models.memory import MemoryState
@@ -300,7 +299,7 @@ class StreamSession(CachedDecoder):
 
     def _forward_ids(self, ids, frame_tokens=None, need_logits=True, memory_tokens=None):
         logits = super()._forward_ids(ids, frame_tokens, need_logits, memory_tokens)
-        if self.memory and frame_tokens is None and memory_tokens is None and self._scene_kv is not None:
+        if self.memory and frame_tokens is None and self._scene_kv is not None:
             self._scene_log.append(("text", list(ids)))      # said during the current scene
         return logits
 
@@ -324,8 +323,9 @@ class StreamSession(CachedDecoder):
         self.position = self._scene_pos
         self._scene_log = []
         block_start = self._scene_kv
-        self._scene_kv = None            # no logging while the block is fed
-        self._forward_ids([self.layout.memory_id] * tokens.shape[0] + said, need_logits=False, memory_tokens=tokens)
+        # the block itself is not part of the new scene: fed past the logging override
+        super()._forward_ids([self.layout.memory_id] * tokens.shape[0] + said, need_logits=False,
+                             memory_tokens=tokens)
         self._blocks.append([block_start, self.kv_length])
         while len(self._blocks) > self.max_memories:
             a, b = self._blocks.pop(0)

@@ -183,17 +183,36 @@ def memory_stream_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_
     k = int(rng.integers(1, len(spans))) if len(spans) > 1 else 0
     start, end = spans[k]
     stop = int(rng.integers(min(start + 8, end), end + 1))
-    items: list = []
-    for a, b in spans[:k]:
-        recap = [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)]
-        items.append(Memory(None, recap))
     current = timeline(truth, start, stop, seen_from=0.0)
     _add_memory_questions(rng, ep, truth, current, start, int(rng.integers(1, 4)))
-    items += current
+    return _memory_example(ep, truth, spans[:k], current, start, stop, "memory")
+
+
+def _memory_example(ep: sw.Episode, truth: dict, closed: list[tuple[int, int]], current: list, start: int,
+                    stop: int, stage: str) -> Example:
+    """The closed scenes ``closed`` as Memory items (memory tokens + what was said in each), then the
+    ``current`` timeline from frame ``start``; frames [0, stop) go to the tower, with the probe's targets."""
+    items: list = [Memory(None, [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)])
+                   for a, b in closed]
     frames = np.stack([ep.frame(i) for i in range(stop)])
-    return Example(items, frames, frames[0], frame_offset=start, memory_spans=spans[:k],
-                   meta={"stage": "memory", "seed": ep.seed, "start": start, "stop": stop,
-                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
+    return Example(items + current, frames, frames[0], frame_offset=start, memory_spans=closed,
+                   meta={"stage": stage, "seed": ep.seed, "start": start, "stop": stop,
+                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in closed]})
+
+
+def _memory_qa(ep: sw.Episode, truth: dict, f: int) -> list[tuple[str, str]]:
+    """Every question at frame ``f`` that needs the memory: the needle once it has gone, the previous
+    room and each of its objects' colours."""
+    asked = []
+    if truth["needles"] and truth["needles"][0]["frame_end"] <= f:
+        asked.append((sw.NEEDLE_QUESTION, sw.needle_answer(truth["needles"][0])))
+    scene = ep.states[f]["scene"]
+    if scene >= 1:
+        previous = ep.states[int(truth["scenes"][scene]["start_frame"]) - 1]
+        asked.append(("what colour was the room before?", f"{previous['room']}."))
+        asked += [(f"what colour was the {o['shape']} in the previous scene?", f"{o['colour']}.")
+                  for o in previous["objects"]]
+    return asked
 
 
 MEMORY_TARGETS = {"needle_shape": 1 + len(sw.NEEDLE_SHAPES), "needle_colour": 1 + len(sw.COLOURS),
@@ -228,31 +247,12 @@ def memory_align_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_F
     k = int(rng.integers(1, len(spans))) if len(spans) > 1 else 0
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 5)))
-    items: list = []
-    for a, b in spans[:k]:
-        recap = [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)]
-        items.append(Memory(None, recap))
-    current = timeline(truth, start, stop, questions=False)
-    f = stop - 1
-    state = ep.states[f]
-    asked = []
-    needle = truth["needles"][0] if truth["needles"] else None
-    if needle is not None and needle["frame_end"] <= f:
-        asked.append(("what rare object appeared?",
-                      f"{sw.article(needle['colour'])} {needle['colour']} {needle['shape']}."))
-    if state["scene"] >= 1:
-        previous = ep.states[int(truth["scenes"][state["scene"]]["start_frame"]) - 1]
-        asked.append(("what colour was the room before?", f"{previous['room']}."))
-        for obj in previous["objects"]:
-            asked.append((f"what colour was the {obj['shape']} in the previous scene?", f"{obj['colour']}."))
-    qs = sw.state_questions(state)
+    asked = _memory_qa(ep, truth, stop - 1)
+    qs = sw.state_questions(ep.states[stop - 1])
     asked.append(qs[int(rng.integers(len(qs)))])
     order = rng.permutation(len(asked))[: int(rng.integers(2, 5))]
-    items += current + [Question(*asked[int(j)]) for j in order]
-    frames = np.stack([ep.frame(i) for i in range(stop)])
-    return Example(items, frames, frames[0], frame_offset=start, memory_spans=spans[:k],
-                   meta={"stage": "memalign", "seed": ep.seed, "start": start, "stop": stop,
-                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
+    current = timeline(truth, start, stop, questions=False) + [Question(*asked[int(j)]) for j in order]
+    return _memory_example(ep, truth, spans[:k], current, start, stop, "memalign")
 
 
 def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
@@ -270,32 +270,15 @@ def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FR
     k = len(spans) - 1
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 7)))
-    items: list = []
-    for a, b in spans[:k]:
-        recap = [it for it in timeline(truth, a, b, seen_from=0.0) if not isinstance(it, Frame)]
-        items.append(Memory(None, recap))
-    items += timeline(truth, start, stop, questions=False)
-    state = ep.states[stop - 1]
-    asked = []
-    if truth["needles"]:
-        needle = truth["needles"][0]
-        if needle["frame_end"] <= stop - 1:
-            asked.append(("what rare object appeared?",
-                          f"{sw.article(needle['colour'])} {needle['colour']} {needle['shape']}."))
-    if state["scene"] >= 1:
-        previous = ep.states[int(truth["scenes"][state["scene"]]["start_frame"]) - 1]
-        asked.append(("what colour was the room before?", f"{previous['room']}."))
-        for obj in previous["objects"]:
-            asked.append((f"what colour was the {obj['shape']} in the previous scene?", f"{obj['colour']}."))
-    qs = sw.state_questions(state)
+    asked = _memory_qa(ep, truth, stop - 1)
+    qs = sw.state_questions(ep.states[stop - 1])
     asked.append(qs[int(rng.integers(len(qs)))])
-    keep = [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[:2]] if asked[0][0].startswith("what rare") \
-        else [int(j) for j in rng.permutation(len(asked))[:3]]
-    items += [Question(*asked[j]) for j in keep]
-    frames = np.stack([ep.frame(i) for i in range(stop)])
-    return Example(items, frames, frames[0], frame_offset=start, memory_spans=spans[:k],
-                   meta={"stage": "long", "seed": ep.seed, "start": start, "stop": stop,
-                         "memory_targets": [memory_targets(ep, truth, a, b) for a, b in spans[:k]]})
+    if asked[0][0] == sw.NEEDLE_QUESTION:      # the needle question always, two others at random
+        keep = [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[:2]]
+    else:
+        keep = [int(j) for j in rng.permutation(len(asked))[:3]]
+    current = timeline(truth, start, stop, questions=False) + [Question(*asked[j]) for j in keep]
+    return _memory_example(ep, truth, spans[:k], current, start, stop, "long")
 
 
 def long_example(rng: np.random.Generator) -> Example:
@@ -342,9 +325,7 @@ def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: 
         state = ep.states[f]
         options = []
         if needle_end is not None and f >= needle_end:
-            needle = truth["needles"][0]
-            options.append(("what rare object appeared?",
-                            f"{sw.article(needle['colour'])} {needle['colour']} {needle['shape']}."))
+            options.append((sw.NEEDLE_QUESTION, sw.needle_answer(truth["needles"][0])))
         scene = state["scene"]
         if scene >= 1:
             options.append(sw.memory_question(rng, ep.states[room_starts[scene] - 1]))

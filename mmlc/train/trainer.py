@@ -92,14 +92,15 @@ class MemoryProbe(torch.nn.Module):
         super().__init__()
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(tokens * width, n) for k, n in ex.MEMORY_TARGETS.items()})
 
-    def forward(self, memory: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, memory: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+        """Mean cross-entropy over the targets, and the number of memories each head reads right."""
         x = memory.flatten(1)
-        loss, acc = 0.0, {}
+        loss, right = 0.0, {}
         for j, (name, head) in enumerate(self.heads.items()):
             logits = head(x)
             loss = loss + torch.nn.functional.cross_entropy(logits, targets[:, j])
-            acc[name] = float((logits.argmax(-1) == targets[:, j]).float().mean())
-        return loss / len(self.heads), acc
+            right[name] = int((logits.argmax(-1) == targets[:, j]).sum())
+        return loss / len(self.heads), right
 
 
 def _train_mode(model, vision_stage: bool) -> None:
@@ -140,7 +141,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
                     attention_mask=batch["attention_mask"])
         parts = model.live_loss(out.logits, batch["labels"], batch["kinds"])
         if probe is not None and raw is not None and "memory_targets" in batch:
-            parts["memory_probe_loss"], parts["probe_acc"] = probe(raw, batch["memory_targets"])
+            parts["memory_probe_loss"], parts["probe_right"] = probe(raw, batch["memory_targets"])
         return parts, out.logits
     embeds = model.embed(batch["input_ids"], tokens, memory)
     hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
@@ -211,20 +212,20 @@ def grounding_report(model, examples: list[ex.Example], probe: MemoryProbe | Non
     lay, tok = model.layout, model.tokenizer
     counts: dict[str, list[int]] = {}
 
-    def add(key: str, ok: bool) -> None:
+    def add_many(key: str, right: int, n: int) -> None:
         c = counts.setdefault(key, [0, 0])
-        c[0] += int(ok)
-        c[1] += 1
+        c[0] += right
+        c[1] += n
+
+    def add(key: str, ok: bool) -> None:
+        add_many(key, int(ok), 1)
 
     for i in range(0, len(examples), 8):
         chunk = examples[i:i + 8]
         batch = collate(model, chunk)
         parts, logits = lm_step(model, batch, full_logits=True, probe=probe)
-        for name, value in parts.get("probe_acc", {}).items():
-            c = counts.setdefault(f"memory_{name}", [0, 0])
-            n_mem = int(batch["memory_targets"].shape[0])
-            c[0] += round(value * n_mem)
-            c[1] += n_mem
+        for name, right in parts.get("probe_right", {}).items():
+            add_many(f"memory_{name}", right, int(batch["memory_targets"].shape[0]))
         add_loss = counts.setdefault("loss_sum", [0, 0])
         add_loss[0] += float(parts["loss"]) * len(chunk)
         add_loss[1] += len(chunk)
