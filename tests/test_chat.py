@@ -52,6 +52,24 @@ def test_chat_history_is_the_cache(tiny_model, frames):
     assert chat.stats() == {"kv_length": 0, "position": 0, "turns": 0, "images": 0}
 
 
+def test_replayed_turns_continue_the_conversation(tiny_model, frames):
+    """A conversation restored with ``replay`` (turns and their replies, as saved) holds the same cache
+    as the one that generated them: the next turn gets the same reply at the same position."""
+    live = tiny_model.chat(max_reply_tokens=3, keep_history=True)
+    r1 = live.send("<ImageHere> what colour is the circle?", images=[frames[0]])
+    ids = list(live.history_ids[len(live.history_ids) - 1 - live.history_ids[::-1].index(tiny_model.layout.assistant_id) + 1:-1])
+    restored = tiny_model.chat(max_reply_tokens=3, keep_history=True)
+    restored.replay("<ImageHere> what colour is the circle?", [frames[0]], r1, reply_ids=ids)
+    assert restored.stats() == live.stats() and restored.turns[0].reply == r1
+    assert restored.history_ids == live.history_ids
+    assert restored.send("and <image>?", images=[frames[1]]) == live.send("and <image>?", images=[frames[1]])
+    assert restored.stats() == live.stats()
+    # without usable ids (e.g. another model's) the reply text is encoded again
+    again = tiny_model.chat(keep_history=True)
+    again.replay("<ImageHere> what colour is the circle?", [frames[0]], "red.", reply_ids=[-5])
+    assert again.history_ids[-len(tiny_model.layout.text_ids("red.")) - 1:-1] == tiny_model.layout.text_ids("red.")
+
+
 def test_chat_is_deterministic_and_images_matter(tiny_model, frames):
     a = tiny_model.chat(max_reply_tokens=4, keep_history=True)
     b = tiny_model.chat(max_reply_tokens=4, keep_history=True)

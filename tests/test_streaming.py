@@ -230,6 +230,9 @@ def test_scene_events_from_online_tiling(tiny_model, frames):
     assert starts == sorted(starts) and all(b - a <= 3 for a, b in zip([0] + starts, starts))
     assert s.scene_starts == [0] + starts
     assert all(e.t == e.frame / 2 for e in scenes)
+    # a cut made by the length limit says so; a cut before the limit does not
+    for a, e in zip([0] + starts, scenes):
+        assert ("max_scene_seconds=1.5" in e.text) == (e.frame - a == 3), (a, e)
     plain = tiny_model.stream(fps=2, threshold=0.0)
     assert not [e for e in plain.feed([(i / 2, f) for i, f in enumerate(many)]) if e.kind == "scene"]
 

@@ -53,7 +53,7 @@ def test_examples_are_valid_timelines(tiny_model):
                 isinstance(part, int) for i in e.items if isinstance(i, Turn) for part in i.parts)
             assert n_frames == len(e.frames) - e.frame_offset >= 1
             n_memory = sum(isinstance(i, ex.Memory) for i in e.items)
-            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh") or n_memory == 0)
+            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final") or n_memory == 0)
             if n_memory:
                 continue   # tiny_model has no bridge; tests/test_memory_stream.py builds these
             seq = tiny_model.layout.build(e.items)
@@ -143,3 +143,62 @@ def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
         trainer.train("tiny-smoke", other, progress=False)
     with pytest.raises(MmlcError, match="unknown recipe"):
         trainer.train("enormous", tmp_path / "x", progress=False)
+
+
+def test_vision_pairs_show_the_needle_as_often_as_asked():
+    """The needle is on screen in 3 frames of one episode in four: drawn at random it is almost never
+    seen, so the vision stage draws a share of its pairs from needle frames."""
+    from mmlc.train.vision_aux import sample_pairs
+
+    world = lambda r: ex.training_world(r, 60.0)  # noqa: E731
+    _, curs, labels = sample_pairs(np.random.default_rng(3), 160, world, needle_fraction=0.5)
+    shown = (labels["needle_colour"] > 0).float().mean().item()
+    assert 0.2 < shown < 0.5     # two pairs per needle episode, four per other: a third expected
+    _, _, labels = sample_pairs(np.random.default_rng(3), 160, world, needle_fraction=0.0)
+    assert (labels["needle_colour"] > 0).float().mean().item() < 0.05
+    # the needle frames really show the needle: its colour's pixels are in the frame
+    from mmlc.data import shapeworld as sw
+    k = int(torch.nonzero(labels["needle_colour"] > 0)[0]) if (labels["needle_colour"] > 0).any() else None
+    if k is not None:
+        colour = np.array(sw._colour_rgb(sw.COLOURS[int(labels["needle_colour"][k]) - 1]))
+        assert (np.abs(curs[k].astype(int) - colour).sum(-1) < 60).any()
+
+
+def test_memory_probe_counts_needles_only_where_shown():
+    probe = trainer.MemoryProbe(tokens=2, width=3)
+    memory = torch.randn(4, 2, 3)
+    targets = torch.zeros(4, len(ex.MEMORY_TARGETS), dtype=torch.long)
+    targets[1, 0], targets[1, 1] = 1, 2                 # one memory of four holds a needle
+    _, right = probe(memory, targets)
+    names = list(ex.MEMORY_TARGETS)
+    assert right["needle_shape"][1] == 1 and right["needle_colour"][1] == 1
+    assert right[names[2]][1] == 4                      # the room head counts every memory
+
+
+def test_saved_recipe_compares_with_fields_added_since():
+    """A run folder saved before a Recipe/Stage field existed still matches the same recipe today."""
+    r = recipes.RECIPES["tiny-v1"]()
+    saved = r.to_dict()
+    saved.pop("frozen_tower_dtype")
+    for s in saved["stages"]:
+        if s["max_batch_frames"] == 0:
+            s.pop("max_batch_frames")
+    assert trainer._with_defaults(saved) == r.to_dict()
+    assert trainer._with_defaults({"name": "x", "bogus": 1}) == {}
+    assert recipes.RECIPES["tiny"]().frozen_tower_dtype == "bfloat16"
+
+
+def test_tokenizer_corpus_holds_chat_turns():
+    """With dialogues in its corpus the tokenizer keeps chat words whole (without, "image" and the
+    "ImageK:" labels were cut into letters, so every chat turn cost the LM a few times more tokens)."""
+    from mmlc.data.tokenizer import train_tokenizer
+    from mmlc.models.presets import preset
+
+    texts = list(trainer.corpus(np.random.default_rng(0), 60, 60))
+    assert any(t.startswith("Image1: ") for t in texts)
+    tok = train_tokenizer(texts, 512, preset("tiny").template)
+    pieces = tok.convert_ids_to_tokens(tok("which image has a red star?")["input_ids"])
+    assert len(pieces) <= 8, pieces
+    # the first recipe's corpus (no dialogues) is drawn exactly as before
+    first = list(trainer.corpus(np.random.default_rng(0), 5))
+    assert first == list(trainer.corpus(np.random.default_rng(0), 5, 0)) and not any("Image" in t for t in first)

@@ -109,29 +109,6 @@ def is_complete(record: dict | None, item: MmduItem) -> bool:
     return bool(record) and record.get("complete") is True and len(_answers(record)) == len(item.turns)
 
 
-def _replay_turn(chat, text: str, images: list, reply: str, reply_ids: list[int] | None = None) -> None:
-    """Put a saved turn (the user's text and images, the model's earlier reply) into the chat's cache
-    without generating. With the reply's token ids (saved at generation) the cache holds exactly what
-    ``send`` left there; without them the reply text is encoded again (as a chat template would)."""
-    from mmlc.streaming.chat import ChatTurn, turn_parts
-
-    lay = chat.layout
-    parts = turn_parts(text, len(images), chat.images_seen, where=f"turn {len(chat.turns) + 1}")
-    tokens = chat._encode_images(images) if images else None
-    chat._forward(lay.user_turn(parts), tokens)
-    ids = list(reply_ids) if _valid_ids(reply_ids, chat) else lay.text_ids(reply)
-    chat._forward_ids(ids + [lay.end_id], need_logits=False)
-    chat._last_item = "text"
-    chat.turns.append(ChatTurn(user=text, reply=reply, images=len(images), image_names=[str(p) for p in images]))
-    chat.images_seen += len(images)
-
-
-def _valid_ids(ids, chat) -> bool:
-    vocab = chat.model.lm.get_input_embeddings().weight.shape[0]
-    return isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
-                                         for i in ids)
-
-
 def _last_reply_ids(chat) -> list[int] | None:
     """The token ids of the reply ``send`` just generated (from the chat's history), or None."""
     hist = getattr(chat, "history_ids", None)
@@ -154,7 +131,7 @@ def generate_dialogue(model, item: MmduItem, record: dict, save: Callable[[dict]
         for t, turn in enumerate(item.turns):
             images = [str(p) for p in turn.images]
             if t < len(done):
-                _replay_turn(chat, turn.question, images, done[t], saved[t].get("token_ids"))
+                chat.replay(turn.question, images, done[t], saved[t].get("token_ids"))
                 continue
             reply = chat.send(turn.question, images=images)
             answer = {"from": "assistant", "value": reply}

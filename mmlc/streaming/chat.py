@@ -99,6 +99,26 @@ class ChatSession(CachedDecoder):
         self.images_seen += len(images)
         return reply
 
+    def replay(self, text: str, images=None, reply: str = "", reply_ids: list[int] | None = None) -> None:
+        """Put an earlier turn (the user's text and images, and the reply given then) into the history
+        without generating: a saved conversation continues where it stopped. With the reply's token ids
+        (as generated) the cache holds exactly what ``send`` left there; without them, or when they are
+        not token ids of this model, the reply text is encoded again."""
+        images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+        lay = self.layout
+        parts = turn_parts(text, len(images), self.images_seen, where=f"turn {len(self.turns) + 1}")
+        tokens = self._encode_images(images) if images else None
+        self._forward(lay.user_turn(parts), tokens)
+        vocab = self.model.lm.get_input_embeddings().weight.shape[0]
+        valid = isinstance(reply_ids, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in reply_ids)
+        ids = list(reply_ids) if valid else lay.text_ids(reply)
+        self._forward_ids(ids + [lay.end_id], need_logits=False)
+        self._last_item = "text"
+        names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
+        self.turns.append(ChatTurn(user=text, reply=reply, images=len(images), image_names=names))
+        self.images_seen += len(images)
+
     @torch.inference_mode()
     def _encode_images(self, images: list) -> torch.Tensor:
         """Images -> frame tokens (N, T, D); each image is its own previous frame."""

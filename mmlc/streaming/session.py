@@ -282,11 +282,15 @@ class StreamSession(CachedDecoder):
         times = dict(self._recent_times)
         events = []
         for b in self._tiler.push(pooled.float().cpu().numpy()):
+            # a scene as long as max_scene_seconds was cut by the limit, not by a change in the picture
+            forced = self._tiler.max_scene_frames is not None and b - self.scene_starts[-1] >= self._tiler.max_scene_frames
             self.scene_starts.append(b)
             if self.memory:
                 self._close_scene(b)
             if self.emit_scenes:
-                ev = Event(t=times.get(b, t), kind="scene", text=f"scene {len(self.scene_starts)} starts", frame=b)
+                text = f"scene {len(self.scene_starts)} starts" + (
+                    f" (the previous one reached max_scene_seconds={self.max_scene_seconds:g})" if forced else "")
+                ev = Event(t=times.get(b, t), kind="scene", text=text, frame=b)
                 self.dialogue.append(ev)
                 events.append(ev)
         return events

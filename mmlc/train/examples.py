@@ -32,7 +32,7 @@ import numpy as np
 from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh")
+STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -312,6 +312,18 @@ def memalign_example(rng: np.random.Generator) -> Example:
     return memory_stream_example(rng) if r < 0.85 else qa_stream_example(rng)
 
 
+def final_example(rng: np.random.Generator) -> Example:
+    """The second recipe's last stage, after memory and chat: question-dense crops 45%, multi-image
+    dialogues 30%, dense memory questions 15% (the LM keeps reading memories; the bridge is frozen),
+    stream crops 10%."""
+    r = rng.random()
+    if r < 0.45:
+        return qa_stream_example(rng)
+    if r < 0.75:
+        return multi_image_example(rng)
+    return memory_align_example(rng) if r < 0.9 else stream_example(rng)
+
+
 def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int) -> None:
     """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
     needle question once the needle has gone, a question about the previous room when there was one,
@@ -352,7 +364,7 @@ def memory_example(rng: np.random.Generator) -> Example:
 
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
-            "long": long_example, "refresh": refresh_example}
+            "long": long_example, "refresh": refresh_example, "final": final_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

@@ -92,14 +92,18 @@ class MemoryProbe(torch.nn.Module):
         super().__init__()
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(tokens * width, n) for k, n in ex.MEMORY_TARGETS.items()})
 
-    def forward(self, memory: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
-        """Mean cross-entropy over the targets, and the number of memories each head reads right."""
+    def forward(self, memory: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """Mean cross-entropy over the targets, and per head (memories read right, memories counted):
+        the needle heads count only scenes that showed a needle (most show none: "none" is the easy
+        majority, and counting it made a bridge that never kept a needle look 0.94 right)."""
         x = memory.flatten(1)
         loss, right = 0.0, {}
         for j, (name, head) in enumerate(self.heads.items()):
             logits = head(x)
-            loss = loss + torch.nn.functional.cross_entropy(logits, targets[:, j])
-            right[name] = int((logits.argmax(-1) == targets[:, j]).sum())
+            y = targets[:, j]
+            loss = loss + torch.nn.functional.cross_entropy(logits, y)
+            keep = y > 0 if name.startswith("needle_") else torch.ones_like(y, dtype=torch.bool)
+            right[name] = (int((logits.argmax(-1) == y)[keep].sum()), int(keep.sum()))
         return loss / len(self.heads), right
 
 
@@ -120,19 +124,21 @@ def _pixels(model, e: ex.Example) -> torch.Tensor:
 
 
 def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False,
-            probe: "MemoryProbe | None" = None) -> tuple[dict, torch.Tensor]:
+            probe: "MemoryProbe | None" = None, tower_dtype: str | None = None) -> tuple[dict, torch.Tensor]:
     """Forward + LIVE loss on a batch; returns (loss parts, logits).
 
     Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
     logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation. With a ``probe`` and
     memory targets in the batch, the probe's loss on the bridge memories is added (``memory_probe_loss``).
+    ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed).
     """
     if train_vision:
         tokens = model.frame_embeddings(batch["pixels"])
         memory = None
     else:
-        with torch.no_grad():
-            feats = model.vision_features(batch["pixels"])
+        with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, tower_dtype or "float32"),
+                                             enabled=tower_dtype not in (None, "float32")):
+            feats = model.vision_features(batch["pixels"]).float()
         rows = batch.get("frame_rows")
         tokens = model.connector(feats if rows is None else feats[rows])
         memory, raw = fold_memories(model, feats, batch["memory_spans"]) if rows is not None else (None, None)
@@ -224,8 +230,8 @@ def grounding_report(model, examples: list[ex.Example], probe: MemoryProbe | Non
         chunk = examples[i:i + 8]
         batch = collate(model, chunk)
         parts, logits = lm_step(model, batch, full_logits=True, probe=probe)
-        for name, right in parts.get("probe_right", {}).items():
-            add_many(f"memory_{name}", right, int(batch["memory_targets"].shape[0]))
+        for name, (right, n) in parts.get("probe_right", {}).items():
+            add_many(f"memory_{name}", right, n)
         add_loss = counts.setdefault("loss_sum", [0, 0])
         add_loss[0] += float(parts["loss"]) * len(chunk)
         add_loss[1] += len(chunk)
@@ -233,7 +239,7 @@ def grounding_report(model, examples: list[ex.Example], probe: MemoryProbe | Non
         speak_vs = logits[..., lay.assistant_id] > logits[..., lay.interval_id]
         for b in range(len(chunk)):
             labels, kinds = batch["labels"][b], batch["kinds"][b]
-            reply_ok, in_reply = True, False
+            reply_ok = True
             for pos in range(labels.shape[0]):
                 y, k = int(labels[pos]), int(kinds[pos])
                 if k == DECISION:
@@ -244,14 +250,13 @@ def grounding_report(model, examples: list[ex.Example], probe: MemoryProbe | Non
                     ok = int(pred[b, pos]) == y
                     add("reply_token", ok)
                     reply_ok &= ok
-                    in_reply = True
                     word = tok.decode([y]).strip().strip(".").lower()
                     for cls, words in WORD_CLASSES.items():
                         if word in words:
                             add(cls, ok)
                     if y == lay.end_id:
                         add("reply_exact", reply_ok)
-                        reply_ok, in_reply = True, False
+                        reply_ok = True
     report = {k: round(v[0] / v[1], 4) for k, v in counts.items() if v[1] and k != "loss_sum"}
     report["loss"] = round(counts["loss_sum"][0] / max(counts["loss_sum"][1], 1), 4)
     report["n"] = {k: v[1] for k, v in counts.items() if k != "loss_sum"}
@@ -311,7 +316,7 @@ class Run:
                                 "pass a new --out folder, or an earlier run's folder to resume it")
             saved = json.loads(recipe_file.read_text())
             extends = self._extends(saved.get("recipe", {}))
-            if saved.get("recipe") != self.recipe.to_dict() and not extends:
+            if _with_defaults(saved.get("recipe", {})) != self.recipe.to_dict() and not extends:
                 raise MmlcError(f"output folder '{out}' holds a run of another recipe ('{saved.get('recipe', {}).get('name')}' "
                                 "with other settings): pass a new --out folder")
             if extends:
@@ -338,13 +343,9 @@ class Run:
 
     def _extends(self, saved: dict) -> bool:
         """The saved recipe is this one minus stages appended at the end (and its run reached them)."""
-        mine = self.recipe.to_dict()
+        mine, saved = self.recipe.to_dict(), _with_defaults(saved)
         n = len(saved.get("stages", []))
-        try:  # stages saved before a Stage field existed compare with that field's default
-            stages = [asdict(Stage(**d)) for d in saved.get("stages", [])]
-        except TypeError:
-            return False
-        return (bool(saved) and n < len(mine["stages"]) and mine["stages"][:n] == stages
+        return (bool(saved) and n < len(mine["stages"]) and mine["stages"][:n] == saved["stages"]
                 and {k: v for k, v in mine.items() if k != "stages"} == {k: v for k, v in saved.items() if k != "stages"})
 
     # -- tokenizer -----------------------------------------------------------------------------
@@ -355,7 +356,7 @@ class Run:
         if (folder / "tokenizer.json").is_file():
             return AutoTokenizer.from_pretrained(folder)
         rng = np.random.default_rng(self.recipe.seed)
-        texts = list(corpus(rng, self.recipe.tokenizer_episodes))
+        texts = list(corpus(rng, self.recipe.tokenizer_episodes, self.recipe.tokenizer_dialogues))
         tok = train_tokenizer(texts, self.recipe.tokenizer_vocab, preset(self.recipe.preset).template)
         if self.main:
             tok.save_pretrained(folder)
@@ -428,7 +429,8 @@ class Run:
                 parts = {"loss": loss}
             else:
                 batch = collate(model, draw_batch(model, stage, rng))
-                parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None)
+                parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
+                                   tower_dtype=self.recipe.frozen_tower_dtype)
                 loss = parts["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -442,7 +444,7 @@ class Run:
             if self.main and (step + 1) % 25 == 0:
                 with open(log_file, "a") as f:
                     f.write(json.dumps({"stage": stage.name, "step": step + 1, "loss": round(ema, 4),
-                                        **{k: round(float(v), 4) for k, v in parts.items()},
+                                        **{k: round(float(v.detach() if torch.is_tensor(v) else v), 4) for k, v in parts.items()},
                                         "elapsed": round(elapsed + time.time() - t0, 1)}) + "\n")
             if (step + 1) % self.recipe.save_every == 0 and step + 1 < stage.steps:
                 self._save(model, heads, opt, s_idx, step + 1, elapsed + time.time() - t0)
@@ -509,8 +511,26 @@ class Run:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def corpus(rng: np.random.Generator, n_episodes: int):
-    """Every text the model will read or say: narration, questions, answers, descriptions."""
+def _with_defaults(saved: dict) -> dict:
+    """A saved recipe dict with fields added to Recipe/Stage since it was saved at their defaults, so a
+    run folder from before a new field compares equal to the same recipe today ({} if unreadable)."""
+    try:
+        stages = [asdict(Stage(**d)) for d in saved.get("stages", [])]
+        return {**asdict(Recipe(**{k: v for k, v in saved.items() if k != "stages"})), "stages": stages}
+    except TypeError:
+        return {}
+
+
+def corpus(rng: np.random.Generator, n_episodes: int, n_dialogues: int = 0):
+    """Every text the model will read or say: narration, questions, answers, descriptions, and (from
+    ``n_dialogues`` multi-image dialogues) chat turns with their image labels as ChatSession writes them."""
+    from mmlc.streaming.chat import turn_parts
+
+    for _ in range(n_dialogues):
+        mi = sw.generate_multi_image(int(rng.integers(0, 2**31 - 1)))
+        for j, turn in enumerate(mi.turns):
+            yield "".join(p for p in turn_parts(turn["question"], len(mi.images) if j == 0 else 0) if isinstance(p, str))
+            yield turn["answer"]
     for _ in range(n_episodes):
         ep = ex.episode(rng)
         truth = ep.truth()
