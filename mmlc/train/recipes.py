@@ -95,7 +95,8 @@ def tiny_v1() -> Recipe:
 
 
 def tiny_smoke() -> Recipe:
-    return Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, save_every=2, stages=[
+    return Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, tokenizer_dialogues=10, save_every=2,
+                  frozen_tower_dtype="bfloat16", stages=[
         Stage("vision", steps=3, lr=1e-3, batch_size=8, warmup=1, eval_examples=16),
         Stage("align", steps=3, lr=1e-3, batch_size=4, warmup=1, eval_examples=4),
         Stage("change", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=4),
