@@ -177,7 +177,7 @@ def test_memory_probe_counts_needles_only_where_shown():
 
 def test_saved_recipe_compares_with_fields_added_since():
     """A run folder saved before a Recipe/Stage field existed still matches the same recipe today."""
-    r = recipes.RECIPES["tiny-v1"]()
+    r = recipes.RECIPES["tiny"]()
     saved = r.to_dict()
     saved.pop("frozen_tower_dtype")
     for s in saved["stages"]:
@@ -185,7 +185,7 @@ def test_saved_recipe_compares_with_fields_added_since():
             s.pop("max_batch_frames")
     assert trainer._with_defaults(saved) == r.to_dict()
     assert trainer._with_defaults({"name": "x", "bogus": 1}) == {}
-    assert recipes.RECIPES["tiny"]().frozen_tower_dtype == "bfloat16"
+    assert recipes.RECIPES["tiny-v2"]().frozen_tower_dtype == "bfloat16"
 
 
 def test_tokenizer_corpus_holds_chat_turns():

@@ -48,13 +48,13 @@ class Recipe:
         return asdict(self)
 
 
-def tiny() -> Recipe:
-    """mmlc-tiny, second recipe: the memory stages come before the chat and question stages (the first
+def tiny_v2() -> Recipe:
+    """mmlc-tiny, second recipe (measured, not shipped: narration F1 0.937 but state QA 0.807 < 0.851): the memory stages come before the chat and question stages (the first
     recipe ran them last and state QA fell 0.877 -> 0.851 and multi-image chat 0.53 -> 0.45 through
     them, which a 'refresh' stage only partly mended); the vision stage shows the needle in ~8% of its
     frame pairs (it was 0.4%); the frozen tower runs in bfloat16 in the LM stages. The last stage, ``final``, mixes
     questions, chat and memory questions (the bridge frozen, the LM keeps reading memories). The tokenizer also learns from multi-image dialogues."""
-    return Recipe(name="tiny", preset="tiny", frozen_tower_dtype="bfloat16", tokenizer_dialogues=300, stages=[
+    return Recipe(name="tiny-v2", preset="tiny", frozen_tower_dtype="bfloat16", tokenizer_dialogues=300, stages=[
         Stage("vision", steps=2000, lr=2e-3, batch_size=64, warmup=100, eval_examples=256),
         Stage("align", steps=500, lr=1e-3, batch_size=32, warmup=50),
         Stage("change", steps=600, lr=1e-3, batch_size=32),
@@ -72,10 +72,10 @@ def tiny() -> Recipe:
     ])
 
 
-def tiny_v1() -> Recipe:
-    """The first mmlc-tiny recipe (the weights shipped until the second recipe's run is done): memory
-    stages last, then a short chat-heavy 'refresh'; 206 minutes on this CPU."""
-    return Recipe(name="tiny-v1", preset="tiny", stages=[
+def tiny() -> Recipe:
+    """The recipe of the shipped mmlc-tiny: memory stages last, then a short chat-heavy 'refresh';
+    206 minutes on this CPU as first measured (before the channels-last tower)."""
+    return Recipe(name="tiny", preset="tiny", stages=[
         Stage("vision", steps=2000, lr=2e-3, batch_size=64, warmup=100, eval_examples=256),
         Stage("align", steps=500, lr=1e-3, batch_size=32, warmup=50),
         Stage("change", steps=600, lr=1e-3, batch_size=32),
@@ -107,7 +107,7 @@ def tiny_smoke() -> Recipe:
     ])
 
 
-RECIPES = {"tiny": tiny, "tiny-v1": tiny_v1, "tiny-smoke": tiny_smoke}
+RECIPES = {"tiny": tiny, "tiny-v2": tiny_v2, "tiny-smoke": tiny_smoke}
 
 
 def recipe(name: str) -> Recipe:
