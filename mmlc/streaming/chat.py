@@ -88,7 +88,7 @@ class ChatSession(CachedDecoder):
         """Add a user turn (text + images: paths, PIL images or HxWx3/HxW arrays of any dtype) and
         return the model's reply, which joins the history."""
         images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
-        names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
+        names = _image_names(images)
         parts = turn_parts(text, len(images), self.images_seen, where=f"turn {len(self.turns) + 1}")
         tokens = self._encode_images(images) if images else None
         chunk = self.layout.user_turn(parts)
@@ -115,8 +115,7 @@ class ChatSession(CachedDecoder):
         ids = list(reply_ids) if valid else lay.text_ids(reply)
         self._forward_ids(ids + [lay.end_id], need_logits=False)
         self._last_item = "text"
-        names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
-        self.turns.append(ChatTurn(user=text, reply=reply, images=len(images), image_names=names))
+        self.turns.append(ChatTurn(user=text, reply=reply, images=len(images), image_names=_image_names(images)))
         self.images_seen += len(images)
 
     @torch.inference_mode()
@@ -132,3 +131,8 @@ class ChatSession(CachedDecoder):
                 raise SourceError(f"image {self.images_seen + k + 1} of turn {len(self.turns) + 1}: {err}") from None
         pixels = torch.cat([self.model.preprocess([f]) for f in rgb], dim=0)   # one at a time: no motion
         return self.model.frame_embeddings(pixels)
+
+
+def _image_names(images: list) -> list[str]:
+    """How a turn's images are recorded: a path as given, anything else by its type."""
+    return [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]

@@ -100,6 +100,13 @@ def stream_example(rng: np.random.Generator) -> Example:
     return _crop(ep, start, start + length, questions=True, stage="stream")
 
 
+def _mix(rng: np.random.Generator, below: list, otherwise):
+    """A stage's mix of builders: one uniform draw r; the first ``(threshold, builder)`` with r < threshold
+    builds the example (thresholds cumulative), else ``otherwise``."""
+    r = rng.random()
+    return next((build for t, build in below if r < t), otherwise)(rng)
+
+
 def multi_image_example(rng: np.random.Generator) -> Example:
     """A ShapeWorld multi-image dialogue as chat turns (images listed in the first turn, as
     :class:`~mmlc.streaming.chat.ChatSession` places them when the text has no markers)."""
@@ -138,28 +145,19 @@ def qa_stream_example(rng: np.random.Generator) -> Example:
 
 def chat_example(rng: np.random.Generator) -> Example:
     """The last stage's mix: multi-image dialogues 40%, question-dense stream crops 30%, streams 30%."""
-    r = rng.random()
-    if r < 0.4:
-        return multi_image_example(rng)
-    return qa_stream_example(rng) if r < 0.7 else stream_example(rng)
+    return _mix(rng, [(0.4, multi_image_example), (0.7, qa_stream_example)], stream_example)
 
 
 def polish_example(rng: np.random.Generator) -> Example:
     """A final lower-rate stage: question-dense crops 35%, streams 30%, multi-image dialogues 35%
     (after the chat stage, state QA was 0.77 and multi-image exact match 0.48)."""
-    r = rng.random()
-    if r < 0.35:
-        return qa_stream_example(rng)
-    return stream_example(rng) if r < 0.65 else multi_image_example(rng)
+    return _mix(rng, [(0.35, qa_stream_example), (0.65, stream_example)], multi_image_example)
 
 
 def qa_example(rng: np.random.Generator) -> Example:
     """Questions first: question-dense crops 50%, multi-image dialogues 30%, streams 20% (after
     polish, state QA was 0.877 and multi-image exact match 0.51 while narration F1 was 0.906)."""
-    r = rng.random()
-    if r < 0.5:
-        return qa_stream_example(rng)
-    return multi_image_example(rng) if r < 0.8 else stream_example(rng)
+    return _mix(rng, [(0.5, qa_stream_example), (0.8, multi_image_example)], stream_example)
 
 
 def memory_segments(truth: dict, max_frames: int = MAX_SCENE_FRAMES) -> list[tuple[int, int]]:
@@ -284,44 +282,29 @@ def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FR
 def long_example(rng: np.random.Generator) -> Example:
     """The long-memory stage: long streams 45%, dense memory questions 25%, question-dense crops 15%,
     stream crops 15%."""
-    r = rng.random()
-    if r < 0.45:
-        return long_memory_example(rng)
-    if r < 0.7:
-        return memory_align_example(rng)
-    return qa_stream_example(rng) if r < 0.85 else stream_example(rng)
+    return _mix(rng, [(0.45, long_memory_example), (0.7, memory_align_example), (0.85, qa_stream_example)],
+                stream_example)
 
 
 def refresh_example(rng: np.random.Generator) -> Example:
     """A last, short stage after the memory stages, which practise chat little (multi-image exact match
     fell from 0.53 to 0.45 through them): multi-image dialogues 45%, question-dense crops 25%, memory
     streams 15%, stream crops 15%."""
-    r = rng.random()
-    if r < 0.45:
-        return multi_image_example(rng)
-    if r < 0.7:
-        return qa_stream_example(rng)
-    return memory_stream_example(rng) if r < 0.85 else stream_example(rng)
+    return _mix(rng, [(0.45, multi_image_example), (0.7, qa_stream_example), (0.85, memory_stream_example)],
+                stream_example)
 
 
 def memalign_example(rng: np.random.Generator) -> Example:
     """Memory alignment mix: dense memory questions 60%, memory streams 25%, question-dense crops 15%."""
-    r = rng.random()
-    if r < 0.6:
-        return memory_align_example(rng)
-    return memory_stream_example(rng) if r < 0.85 else qa_stream_example(rng)
+    return _mix(rng, [(0.6, memory_align_example), (0.85, memory_stream_example)], qa_stream_example)
 
 
 def final_example(rng: np.random.Generator) -> Example:
     """The second recipe's last stage, after memory and chat: question-dense crops 45%, multi-image
     dialogues 30%, dense memory questions 15% (the LM keeps reading memories; the bridge is frozen),
     stream crops 10%."""
-    r = rng.random()
-    if r < 0.45:
-        return qa_stream_example(rng)
-    if r < 0.75:
-        return multi_image_example(rng)
-    return memory_align_example(rng) if r < 0.9 else stream_example(rng)
+    return _mix(rng, [(0.45, qa_stream_example), (0.75, multi_image_example), (0.9, memory_align_example)],
+                stream_example)
 
 
 def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int) -> None:
@@ -354,12 +337,8 @@ def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: 
 def memory_example(rng: np.random.Generator) -> Example:
     """The memory stage's mix: memory streams 55%, question-dense crops 20%, multi-image dialogues 15%,
     streams 10% (the earlier skills keep being practised while the bridge learns)."""
-    r = rng.random()
-    if r < 0.55:
-        return memory_stream_example(rng)
-    if r < 0.75:
-        return qa_stream_example(rng)
-    return multi_image_example(rng) if r < 0.9 else stream_example(rng)
+    return _mix(rng, [(0.55, memory_stream_example), (0.75, qa_stream_example), (0.9, multi_image_example)],
+                stream_example)
 
 
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,

@@ -48,17 +48,27 @@ class Recipe:
         return asdict(self)
 
 
-def tiny_v2() -> Recipe:
-    """mmlc-tiny, second recipe (measured, not shipped: narration F1 0.937 but state QA 0.807 < 0.851): the memory stages come before the chat and question stages (the first
-    recipe ran them last and state QA fell 0.877 -> 0.851 and multi-image chat 0.53 -> 0.45 through
-    them, which a 'refresh' stage only partly mended); the vision stage shows the needle in ~8% of its
-    frame pairs (it was 0.4%); the frozen tower runs in bfloat16 in the LM stages. The last stage, ``final``, mixes
-    questions, chat and memory questions (the bridge frozen, the LM keeps reading memories). The tokenizer also learns from multi-image dialogues."""
-    return Recipe(name="tiny-v2", preset="tiny", frozen_tower_dtype="bfloat16", tokenizer_dialogues=300, stages=[
+def _grounding_stages() -> list[Stage]:
+    """The first four stages, shared by the tiny recipes: the tower, then grounding up to whole streams."""
+    return [
         Stage("vision", steps=2000, lr=2e-3, batch_size=64, warmup=100, eval_examples=256),
         Stage("align", steps=500, lr=1e-3, batch_size=32, warmup=50),
         Stage("change", steps=600, lr=1e-3, batch_size=32),
         Stage("stream", steps=800, lr=7e-4, batch_size=16, max_batch_tokens=5120, warmup=50, eval_examples=16),
+    ]
+
+
+def tiny_v2() -> Recipe:
+    """mmlc-tiny, second recipe (measured, not shipped: narration F1 0.937 but state QA 0.807 < 0.851).
+
+    The memory stages come before the chat and question stages (the first recipe ran them last and
+    state QA fell 0.877 -> 0.851 and multi-image chat 0.53 -> 0.45 through them, which a 'refresh'
+    stage only partly mended); the vision stage shows the needle in ~8% of its frame pairs (it was
+    0.4%); the frozen tower runs in bfloat16 in the LM stages; the tokenizer also learns from
+    multi-image dialogues. The last stage, ``final``, mixes questions, chat and memory questions (the
+    bridge frozen, the LM keeps reading memories)."""
+    return Recipe(name="tiny-v2", preset="tiny", frozen_tower_dtype="bfloat16", tokenizer_dialogues=300, stages=[
+        *_grounding_stages(),
         Stage("memory", steps=400, lr=3e-4, batch_size=12, max_batch_tokens=6144, warmup=30, eval_examples=32,
               new_lr_scale=5.0),
         Stage("memalign", steps=200, lr=3e-4, batch_size=8, max_batch_tokens=6144, warmup=20, eval_examples=32,
@@ -76,10 +86,7 @@ def tiny() -> Recipe:
     """The recipe of the shipped mmlc-tiny: memory stages last, then a short chat-heavy 'refresh';
     206 minutes on this CPU as first measured (before the channels-last tower)."""
     return Recipe(name="tiny", preset="tiny", stages=[
-        Stage("vision", steps=2000, lr=2e-3, batch_size=64, warmup=100, eval_examples=256),
-        Stage("align", steps=500, lr=1e-3, batch_size=32, warmup=50),
-        Stage("change", steps=600, lr=1e-3, batch_size=32),
-        Stage("stream", steps=800, lr=7e-4, batch_size=16, max_batch_tokens=5120, warmup=50, eval_examples=16),
+        *_grounding_stages(),
         Stage("chat", steps=450, lr=5e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
         Stage("polish", steps=500, lr=3e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
         Stage("qa", steps=500, lr=2e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=32),
