@@ -319,7 +319,7 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
             log(f"interleaved: {report_baselines['interleaved']['fps']} frames/s over {base_minutes:g} min "
                 f"-> stream is {report_baselines['interleaved']['speedup']}x faster "
                 f"({report_baselines['interleaved']['speedup_at_end']}x at the end)")
-            plain.history_ids, plain.history_frames = [], []
+            plain.history_ids, plain.history_frames, plain.history_tags = [], [], []
         del session, plain
         if "per_frame" in baselines:
             s2, wall2, _ = run_stream(model, video, fps, reply_every=reply_every, reply_tokens=reply_tokens,

@@ -117,3 +117,72 @@ def test_chat_cli_one_shot_and_interactive(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 3            # three answered turns; the bad one reported, not fatal
     assert "nope.png" in out.err and "Traceback" not in out.err
+
+
+@pytest.fixture()
+def tagged_model(tokenizer):
+    from mmlc.config import apply_overrides
+    from mmlc.models.loading import build
+    from mmlc.models.presets import preset
+
+    return build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, "frames.image_tags": True}), tokenizer, seed=0)
+
+
+def test_image_tags_name_each_image_by_its_number(tagged_model):
+    """With ``frames.image_tags`` a chat image's placeholders carry the number token a question uses
+    for it; text and stream frames carry none, and the labels are unchanged by the tags."""
+    from mmlc.models.layout import Frame, Reply
+
+    lay = tagged_model.layout
+    assert [lay.tokenizer.decode([lay.image_tag(k)]).strip() for k in range(3)] == ["1", "2", "3"]
+    assert lay.image_tag(2) in lay.text_ids("in image 3?")   # the question's own token for it
+    items = [Turn(turn_parts("which image has more objects?", 2), "image 2.")]
+    seq = lay.build(items)
+    assert len(seq.tags) == len(seq.ids)
+    tagged = [(i, t) for i, t in enumerate(seq.tags) if t >= 0]
+    frame_pos = [i for i, t in enumerate(seq.ids) if t == lay.frame_id]
+    assert [i for i, _ in tagged] == frame_pos
+    tpf = tagged_model.tokens_per_frame
+    assert [t for _, t in tagged] == [lay.image_tag(0)] * tpf + [lay.image_tag(1)] * tpf
+    untagged = lay.__class__(lay.template, lay.tokenizer, tpf).build(items)
+    assert untagged.tags is None and untagged.ids == seq.ids and untagged.labels == seq.labels
+    assert lay.build([Frame(0), Reply("hi."), Frame(1)]).tags is None   # streams are never tagged
+
+
+def test_image_tags_add_the_number_embedding(tagged_model, frames):
+    lay = tagged_model.layout
+    seq = lay.build([Turn(turn_parts("how many?", 2), None)])
+    ids = torch.tensor([seq.ids])
+    tags = torch.tensor([seq.tags])
+    tokens = torch.randn(2, tagged_model.tokens_per_frame, tagged_model.lm.config.hidden_size)
+    with torch.no_grad():
+        diff = tagged_model.embed(ids, tokens, tags=tags) - tagged_model.embed(ids, tokens)
+        table = tagged_model.lm.get_input_embeddings().weight
+    for i, t in enumerate(seq.tags):
+        torch.testing.assert_close(diff[0, i], table[t] if t >= 0 else torch.zeros_like(table[0]))
+
+
+def test_tagged_chat_cache_matches_one_forward_and_training_batch(tagged_model, frames):
+    """The chat session feeds the tags it built; one forward over its history with those tags predicts
+    the same, and the training batch of the same dialogue carries the same tags."""
+    from mmlc.train import trainer
+    from mmlc.train.examples import Example
+
+    chat = tagged_model.chat(max_reply_tokens=3, keep_history=True)
+    chat.send("which image has more objects?", images=[frames[0], frames[1]])
+    lay = tagged_model.layout
+    cached = chat._forward_ids([lay.user_id])
+    hist = torch.tensor([chat.history_ids])
+    with torch.inference_mode():
+        full = tagged_model(hist, frame_tokens=torch.cat(chat.history_frames), logits_to_keep=1,
+                            tags=torch.tensor([chat.history_tags])).logits[0, -1]
+        plain = tagged_model(hist, frame_tokens=torch.cat(chat.history_frames), logits_to_keep=1).logits[0, -1]
+    torch.testing.assert_close(full, cached, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain, cached, atol=1e-4)          # the tags reach the LM
+    still = np.stack([np.asarray(Image.fromarray(f).resize((16, 16))) for f in frames[:2]])
+    example = Example([Turn(turn_parts("which image has more objects?", 2), "image 1.")], still, still[0],
+                      decisions=False, still=True)
+    batch = trainer.collate(tagged_model, [example])
+    n_tags = int((batch["tags"] >= 0).sum())
+    assert n_tags == 2 * tagged_model.tokens_per_frame
+    assert sorted(set(batch["tags"][batch["tags"] >= 0].tolist())) == sorted({lay.image_tag(0), lay.image_tag(1)})

@@ -82,14 +82,20 @@ class Memory:
 
 @dataclass
 class Chunk:
-    """Token ids with per-position labels and label kinds; frames = frame indices in order."""
+    """Token ids with per-position labels and label kinds; frames = frame indices in order; ``tags``
+    (only where some position has one) = per position the token id whose input embedding is added
+    there (image tags, see :class:`~mmlc.config.FramesConfig`), -100 elsewhere."""
 
     ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     kinds: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
+    tags: list[int] | None = None
 
     def extend(self, other: "Chunk") -> "Chunk":
+        if self.tags is not None or other.tags is not None:
+            self.tags = (self.tags if self.tags is not None else [IGNORE] * len(self.ids)) + \
+                (other.tags if other.tags is not None else [IGNORE] * len(other.ids))
         self.ids += other.ids
         self.labels += other.labels
         self.kinds += other.kinds
@@ -103,11 +109,13 @@ class Chunk:
 class StreamLayout:
     """Maps the template to token ids and builds the chunks of every timeline item."""
 
-    def __init__(self, template: TemplateConfig, tokenizer, tokens_per_frame: int, memory_tokens: int = 0):
+    def __init__(self, template: TemplateConfig, tokenizer, tokens_per_frame: int, memory_tokens: int = 0,
+                 image_tags: bool = False):
         self.template = template
         self.tokenizer = tokenizer
         self.tokens_per_frame = tokens_per_frame
         self.memory_tokens = memory_tokens
+        self.image_tags = image_tags
         ids = {}
         for name in ("bos", "frame", "memory", "interval", "user", "assistant", "end"):
             text = getattr(template, name)
@@ -162,8 +170,17 @@ class StreamLayout:
             else:
                 img = _unlabelled([self.frame_id] * self.tokens_per_frame)
                 img.frames = [int(part)]
+                if self.image_tags:
+                    img.tags = [self.image_tag(int(part))] * self.tokens_per_frame
                 chunk.extend(img)
         return chunk.extend(_unlabelled([self.assistant_id]))
+
+    def image_tag(self, index: int) -> int:
+        """The tag of image ``index`` (0-based): the token that carries the number in " {index + 1}",
+        the way a question names it ("Ġ3", or "3" where the tokenizer splits off the space). A number
+        of several tokens is tagged with its first (images 1 and 10 share a tag)."""
+        ids = self.text_ids(f" {index + 1}")
+        return next((i for i in ids if self.tokenizer.decode([i]).strip()), ids[0])
 
     def answer(self, text: str) -> Chunk:
         """Reply text and ``{end}``, every token labelled (the reply's own tokens predict the next)."""
@@ -244,4 +261,4 @@ def _shift(seq: Chunk) -> Chunk:
     for i in range(1, n):
         if seq.kinds[i] == TEXT:
             labels[i - 1], kinds[i - 1] = seq.ids[i], TEXT
-    return Chunk(ids=seq.ids, labels=labels, kinds=kinds, frames=seq.frames)
+    return Chunk(ids=seq.ids, labels=labels, kinds=kinds, frames=seq.frames, tags=seq.tags)

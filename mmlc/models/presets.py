@@ -42,7 +42,7 @@ def tiny() -> MmlcConfig:
     return MmlcConfig(
         name="tiny",
         vision=VisionConfig(hf=_resnet(stem=32, widths=[64, 96, 128], depths=[1, 1, 1], channels=6), size=128),
-        frames=FramesConfig(pooled=True, grid=2, temporal="prev_frame"),
+        frames=FramesConfig(pooled=True, grid=2, temporal="prev_frame", image_tags=True),
         connector=ConnectorConfig(hidden=256),
         lm=LMConfig(hf=_llama(vocab=512, hidden=256, layers=4, heads=4, kv_heads=4, mlp=768)),
         template=TemplateConfig(),

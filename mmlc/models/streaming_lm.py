@@ -152,15 +152,17 @@ class StreamingLM(nn.Module):
 
     # ------------------------------------------------------------------ LM
     def embed(self, input_ids: torch.Tensor, frame_tokens: torch.Tensor | None = None,
-              memory_tokens: torch.Tensor | None = None) -> torch.Tensor:
+              memory_tokens: torch.Tensor | None = None, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings (B, L, D) with placeholders replaced.
 
         ``frame_tokens`` (N, T, D) fill the frame placeholders in order (row-major over N then T);
         ``memory_tokens`` (M, D) the memory placeholders. A count mismatch is a ValueError that shows
-        both counts.
+        both counts. ``tags`` (B, L): where >= 0, that token's input embedding is added at the position
+        (chat image tags, :attr:`Chunk.tags`).
         """
         layout = self._layout()
-        embeds = self.lm.get_input_embeddings()(input_ids)
+        table = self.lm.get_input_embeddings()
+        embeds = table(input_ids)
         for ids, values, what in ((layout.frame_id, frame_tokens, "frame"), (layout.memory_id, memory_tokens, "memory")):
             mask = input_ids == ids
             n_slots = int(mask.sum())
@@ -170,22 +172,25 @@ class StreamingLM(nn.Module):
                                  f"tokens in the input, {n_values} {what} tokens given")
             if n_slots:
                 embeds = embeds.masked_scatter(mask[..., None], values.reshape(-1, values.shape[-1]).to(embeds))
+        if tags is not None:
+            tagged = tags >= 0
+            embeds = embeds + table(tags.clamp_min(0)) * tagged[..., None].to(embeds.dtype)
         return embeds
 
     def forward(self, input_ids: torch.Tensor, *, pixels: torch.Tensor | None = None,
                 frame_tokens: torch.Tensor | None = None, memory_tokens: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None, logits_to_keep: int = 0,
-                attention_mask: torch.Tensor | None = None):
+                attention_mask: torch.Tensor | None = None, tags: torch.Tensor | None = None):
         """One LM pass over ``input_ids`` (B, L) whose frame placeholders take the frames' tokens.
 
         Give either ``pixels`` (N, C, S, S) or precomputed ``frame_tokens`` (N, T, D); ``memory_tokens``
         (M, D) fill memory placeholders (:meth:`memory_embeddings` of the bridge's memory). Positions are
-        explicit when a cache is used (the session tracks the true count). Returns the transformers
-        output (``.logits``: (B, L or logits_to_keep, V)).
+        explicit when a cache is used (the session tracks the true count). ``tags`` (B, L) as in
+        :meth:`embed`. Returns the transformers output (``.logits``: (B, L or logits_to_keep, V)).
         """
         if pixels is not None:
             frame_tokens = self.frame_embeddings(pixels)
-        embeds = self.embed(input_ids, frame_tokens, memory_tokens)
+        embeds = self.embed(input_ids, frame_tokens, memory_tokens, tags)
         return self.lm(inputs_embeds=embeds, position_ids=position_ids, cache=cache,
                        use_cache=cache is not None, logits_to_keep=logits_to_keep, attention_mask=attention_mask)
 

@@ -55,6 +55,7 @@ class CachedDecoder:
         # With keep_history: every fed id and frame-token block, to replay the context in one forward.
         self.history_ids: list[int] = []
         self.history_frames: list[torch.Tensor] = []
+        self.history_tags: list[int] = []   # per history id: its image tag (-100: none)
         # With profile: per-reply timings (seconds), read by ``mmlc bench``.
         self.reply_times: list[dict] = []
 
@@ -94,20 +95,24 @@ class CachedDecoder:
             self.prefix_length = self.kv_length
 
     def _forward(self, chunk: Chunk, frame_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        return self._forward_ids(chunk.ids, frame_tokens)
+        return self._forward_ids(chunk.ids, frame_tokens, tags=chunk.tags)
 
     @torch.inference_mode()
     def _forward_ids(self, ids: list[int], frame_tokens: torch.Tensor | None = None,
-                     need_logits: bool = True, memory_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Append ``ids`` to the cache at the true positions; logits (V,) of the last one."""
+                     need_logits: bool = True, memory_tokens: torch.Tensor | None = None,
+                     tags: list[int] | None = None) -> torch.Tensor | None:
+        """Append ``ids`` to the cache at the true positions; logits (V,) of the last one. ``tags``: per
+        id, a token whose embedding is added there (-100: none), as :attr:`Chunk.tags`."""
         self._start()
         dev = self.model.device
         input_ids = torch.tensor([ids], device=dev)
         positions = torch.arange(self.position, self.position + len(ids), device=dev)[None]
+        extra = {} if tags is None else {"tags": torch.tensor([tags], device=dev)}
         out = self.model(input_ids, frame_tokens=frame_tokens, memory_tokens=memory_tokens, position_ids=positions,
-                         cache=self.cache, logits_to_keep=1)
+                         cache=self.cache, logits_to_keep=1, **extra)
         self.position += len(ids)
         if self.keep_history:
+            self.history_tags += list(tags) if tags is not None else [-100] * len(ids)
             self.history_ids += list(ids)
             if frame_tokens is not None:
                 self.history_frames.append(frame_tokens.reshape(-1, frame_tokens.shape[-1]))

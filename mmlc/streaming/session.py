@@ -301,8 +301,8 @@ class StreamSession(CachedDecoder):
             super()._start()
             self._scene_kv, self._scene_pos = self.kv_length, self.position
 
-    def _forward_ids(self, ids, frame_tokens=None, need_logits=True, memory_tokens=None):
-        logits = super()._forward_ids(ids, frame_tokens, need_logits, memory_tokens)
+    def _forward_ids(self, ids, frame_tokens=None, need_logits=True, memory_tokens=None, tags=None):
+        logits = super()._forward_ids(ids, frame_tokens, need_logits, memory_tokens, tags)
         if self.memory and frame_tokens is None and self._scene_kv is not None:
             self._scene_log.append(("text", list(ids)))      # said during the current scene
         return logits

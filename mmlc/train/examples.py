@@ -32,7 +32,8 @@ import numpy as np
 from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
-STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final")
+STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final",
+          "tags")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -307,6 +308,14 @@ def final_example(rng: np.random.Generator) -> Example:
                 stream_example)
 
 
+def tags_example(rng: np.random.Generator) -> Example:
+    """The stage that teaches a trained model to read image tags (``frames.image_tags``): multi-image
+    dialogues 50%, question-dense crops 30%, dense memory questions 10% (the LM keeps reading
+    memories; the bridge is frozen), stream crops 10%."""
+    return _mix(rng, [(0.5, multi_image_example), (0.8, qa_stream_example), (0.9, memory_align_example)],
+                stream_example)
+
+
 def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int) -> None:
     """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
     needle question once the needle has gone, a question about the previous room when there was one,
@@ -343,7 +352,8 @@ def memory_example(rng: np.random.Generator) -> Example:
 
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
-            "long": long_example, "refresh": refresh_example, "final": final_example}
+            "long": long_example, "refresh": refresh_example, "final": final_example,
+            "tags": tags_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

@@ -98,6 +98,8 @@ def tiny() -> Recipe:
               eval_examples=16, new_lr_scale=5.0),
         Stage("refresh", steps=150, lr=1.5e-4, batch_size=16, max_batch_tokens=5120, max_batch_frames=1600, warmup=10,
               eval_examples=32),
+        Stage("tags", steps=1200, lr=3e-4, batch_size=16, max_batch_tokens=5120, max_batch_frames=1600, warmup=30,
+              eval_examples=32),
     ])
 
 

@@ -58,8 +58,11 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
     kinds = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    tags = torch.full((len(seqs), width), IGNORE, dtype=torch.long) if any(s.tags for s in seqs) else None
     for b, s in enumerate(seqs):
         n = len(s)
+        if tags is not None and s.tags:
+            tags[b, :n] = torch.tensor(s.tags)
         ids[b, :n] = torch.tensor(s.ids)
         labels[b, :n] = torch.tensor(s.labels)
         kinds[b, :n] = torch.tensor(s.kinds)
@@ -75,6 +78,8 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
     dev = model.device
     batch = {"input_ids": ids.to(dev), "labels": labels.to(dev), "kinds": kinds.to(dev),
              "attention_mask": mask.to(dev), "pixels": torch.cat(per_example)}
+    if tags is not None:
+        batch["tags"] = tags.to(dev)
     if any(memory_spans):
         batch["frame_rows"] = torch.tensor(frame_rows, device=dev)
         batch["memory_spans"] = memory_spans
@@ -144,12 +149,12 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         memory, raw = fold_memories(model, feats, batch["memory_spans"]) if rows is not None else (None, None)
     if full_logits:
         out = model(batch["input_ids"], frame_tokens=tokens, memory_tokens=memory,
-                    attention_mask=batch["attention_mask"])
+                    attention_mask=batch["attention_mask"], tags=batch.get("tags"))
         parts = model.live_loss(out.logits, batch["labels"], batch["kinds"])
         if probe is not None and raw is not None and "memory_targets" in batch:
             parts["memory_probe_loss"], parts["probe_right"] = probe(raw, batch["memory_targets"])
         return parts, out.logits
-    embeds = model.embed(batch["input_ids"], tokens, memory)
+    embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
     hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
