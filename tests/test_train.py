@@ -202,3 +202,29 @@ def test_tokenizer_corpus_holds_chat_turns():
     # the first recipe's corpus (no dialogues) is drawn exactly as before
     first = list(trainer.corpus(np.random.default_rng(0), 5))
     assert first == list(trainer.corpus(np.random.default_rng(0), 5, 0)) and not any("Image" in t for t in first)
+
+
+def test_fresh_digit_embeddings_separate_collapsed_digits(tiny_model):
+    """Digits whose embeddings collapsed to one vector are drawn apart again (nearly orthogonal, at the
+    table's mean norm), deterministically, and no other token moves."""
+    tok = tiny_model.tokenizer
+    digits = trainer.digit_tokens(tok)
+    assert digits and all(tok.decode([i]).strip().isdigit() for i in digits)
+    table = tiny_model.lm.get_input_embeddings().weight
+    with torch.no_grad():
+        table[digits] = table[digits[0]].clone()        # collapsed, as in the first mmlc-tiny
+    before = table.detach().clone()
+    assert trainer.fresh_digit_embeddings(tiny_model, seed=3) == len(digits)
+    after = table.detach().clone()
+    others = [i for i in range(table.shape[0]) if i not in digits]
+    torch.testing.assert_close(after[others], before[others])
+    if len(digits) > 1:
+        unit = after[digits] / after[digits].norm(dim=1, keepdim=True)
+        cos = unit @ unit.T - torch.eye(len(digits))
+        assert float(cos.abs().max()) < 0.9
+    torch.testing.assert_close(after[digits].norm(dim=1), torch.full((len(digits),), float(before.norm(dim=1).mean())),
+                               atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        table.copy_(before)
+    trainer.fresh_digit_embeddings(tiny_model, seed=3)
+    torch.testing.assert_close(table.detach(), after)          # the same seed draws the same vectors

@@ -399,6 +399,9 @@ class Run:
 
     def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
         vision = stage.name == "vision"
+        if stage.fresh_digits and step0 == 0:
+            n = fresh_digit_embeddings(model, seed=self.recipe.seed + s_idx)
+            self.log(f"stage {stage.name}: embeddings of {n} digit tokens drawn afresh")
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = list(model.vision.parameters()) + list(heads.parameters()) if vision else \
@@ -514,6 +517,30 @@ class Run:
             os.replace(ckpt, old)
         os.replace(tmp, ckpt)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def digit_tokens(tokenizer) -> list[int]:
+    """Ids of the tokens that are digits (with or without a leading space)."""
+    return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()]
+
+
+@torch.no_grad()
+def fresh_digit_embeddings(model, seed: int) -> int:
+    """Draw the input (and tied output) embeddings of the digit tokens afresh: normal directions at the
+    table's mean row norm, from ``seed``. Random directions in the LM width are nearly orthogonal, so
+    "1", "2", "3" become distinguishable again. Returns how many tokens were drawn."""
+    ids = digit_tokens(model.tokenizer)
+    table = model.lm.get_input_embeddings().weight
+    if not ids:
+        return 0
+    gen = torch.Generator().manual_seed(int(seed))
+    fresh = torch.randn(len(ids), table.shape[1], generator=gen)
+    fresh = fresh / fresh.norm(dim=1, keepdim=True) * table.norm(dim=1).mean().cpu()
+    table[ids] = fresh.to(table)
+    out = model.lm.get_output_embeddings()
+    if out is not None and out.weight is not table:
+        out.weight[ids] = fresh.to(out.weight)
+    return len(ids)
 
 
 def _with_defaults(saved: dict) -> dict:
