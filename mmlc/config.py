@@ -101,18 +101,34 @@ class FramesConfig:
     grid: int = 3
     temporal: Temporal = "none"
     image_tags: bool = False
+    # chat images: [pooled] + image_grid x image_grid tokens (0: the frames' grid). A still image can
+    # afford more tokens than each frame of a stream, as LLaVA-OneVision gives images more than video
+    # frames; with 2x2 a quadrant often averages two objects together, and which shape wears which
+    # colour is lost (mmlc-tiny: the colour of a shape alone in its quadrant 14/16 right, sharing one 5/11)
+    image_grid: int = 0
 
     def __post_init__(self) -> None:
         _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
         _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
         _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")
         _require(isinstance(self.image_tags, bool), "frames.image_tags", self.image_tags, "true or false")
+        _require(isinstance(self.image_grid, int) and not isinstance(self.image_grid, bool) and self.image_grid >= 0,
+                 "frames.image_grid", self.image_grid, "an int >= 0 (0: the frames' grid)")
         _require(self.pooled or self.grid > 0, "frames.grid", self.grid,
                  "> 0 when frames.pooled is false (a frame needs at least one token)")
 
     @property
     def tokens_per_frame(self) -> int:
         return int(self.pooled) + self.grid * self.grid
+
+    @property
+    def chat_grid(self) -> int:
+        """The grid of a chat image."""
+        return self.image_grid or self.grid
+
+    @property
+    def tokens_per_image(self) -> int:
+        return int(self.pooled) + self.chat_grid * self.chat_grid
 
 
 @dataclass

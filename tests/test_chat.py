@@ -186,3 +186,26 @@ def test_tagged_chat_cache_matches_one_forward_and_training_batch(tagged_model, 
     n_tags = int((batch["tags"] >= 0).sum())
     assert n_tags == 2 * tagged_model.tokens_per_frame
     assert sorted(set(batch["tags"][batch["tags"] >= 0].tolist())) == sorted({lay.image_tag(0), lay.image_tag(1)})
+
+
+def test_chat_images_with_a_finer_grid(tokenizer, frames):
+    """``frames.image_grid``: a chat image takes [pooled] + 4x4 tokens while stream frames keep 1 + 2x2;
+    the cached conversation still equals one forward over its history."""
+    from mmlc.config import apply_overrides
+    from mmlc.models.loading import build
+    from mmlc.models.presets import preset
+
+    model = build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, "frames.image_grid": 4}), tokenizer, seed=0)
+    lay = model.layout
+    assert lay.user_turn(["Image1: ", 0, "q?"]).ids.count(lay.frame_id) == 17
+    assert lay.frame(0, False).ids.count(lay.frame_id) == 5
+    chat = model.chat(max_reply_tokens=3, keep_history=True)
+    chat.send("which image has more objects?", images=[frames[0], frames[1]])
+    assert [f.shape[0] for f in chat.history_frames] == [34]
+    cached = chat._forward_ids([lay.user_id])
+    with torch.inference_mode():
+        full = model(torch.tensor([chat.history_ids]), frame_tokens=torch.cat(chat.history_frames),
+                     logits_to_keep=1).logits[0, -1]
+    torch.testing.assert_close(full, cached, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="image_grid"):
+        apply_overrides(preset("tiny-test"), {"frames.image_grid": -1})

@@ -228,3 +228,32 @@ def test_fresh_digit_embeddings_separate_collapsed_digits(tiny_model):
         table.copy_(before)
     trainer.fresh_digit_embeddings(tiny_model, seed=3)
     torch.testing.assert_close(table.detach(), after)          # the same seed draws the same vectors
+
+
+def test_chat_images_take_their_own_grid_in_training_batches(tokenizer):
+    """With ``frames.image_grid`` a batch mixing a stream and a dialogue gives the stream's frames the
+    frames' tokens and the dialogue's images the finer image tokens, in placeholder order, exactly
+    what the streaming and chat sessions compute."""
+    from mmlc.config import apply_overrides
+    from mmlc.models.loading import build
+    from mmlc.models.presets import preset
+
+    model = build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, "frames.image_grid": 4}), tokenizer, seed=0)
+    fc = model.config.frames
+    assert (fc.tokens_per_frame, fc.tokens_per_image) == (5, 17)
+    rng = np.random.default_rng(2)
+    stream, chat = ex.stream_example(rng), ex.multi_image_example(rng)
+    batch = trainer.collate(model, [stream, chat])
+    assert batch["image_rows"].tolist() == [False] * len(stream.frames) + [True] * len(chat.frames)
+    n_slots = int((batch["input_ids"] == model.layout.frame_id).sum())
+    assert n_slots == len(stream.frames) * fc.tokens_per_frame + len(chat.frames) * fc.tokens_per_image
+    n = len(stream.frames)
+    with torch.no_grad():
+        feats, image_feats = trainer._features(model, batch["pixels"], batch["image_rows"])
+        tokens = trainer._row_tokens(model, feats, image_feats, batch["image_rows"], None)
+        expected = torch.cat([model.frame_embeddings(batch["pixels"][:n]).flatten(0, 1),
+                              model.image_embeddings(batch["pixels"][n:]).flatten(0, 1)])
+        full, _ = trainer.lm_step(model, batch, full_logits=True)
+        fast, _ = trainer.lm_step(model, batch)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full["loss"], fast["loss"], atol=1e-5, rtol=1e-5)

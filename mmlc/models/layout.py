@@ -110,10 +110,11 @@ class StreamLayout:
     """Maps the template to token ids and builds the chunks of every timeline item."""
 
     def __init__(self, template: TemplateConfig, tokenizer, tokens_per_frame: int, memory_tokens: int = 0,
-                 image_tags: bool = False):
+                 image_tags: bool = False, tokens_per_image: int | None = None):
         self.template = template
         self.tokenizer = tokenizer
         self.tokens_per_frame = tokens_per_frame
+        self.tokens_per_image = tokens_per_frame if tokens_per_image is None else tokens_per_image
         self.memory_tokens = memory_tokens
         self.image_tags = image_tags
         ids = {}
@@ -168,10 +169,10 @@ class StreamLayout:
             if isinstance(part, str):
                 chunk.extend(_unlabelled(self.text_ids(part)))
             else:
-                img = _unlabelled([self.frame_id] * self.tokens_per_frame)
+                img = _unlabelled([self.frame_id] * self.tokens_per_image)
                 img.frames = [int(part)]
                 if self.image_tags:
-                    img.tags = [self.image_tag(int(part))] * self.tokens_per_frame
+                    img.tags = [self.image_tag(int(part))] * self.tokens_per_image
                 chunk.extend(img)
         return chunk.extend(_unlabelled([self.assistant_id]))
 

@@ -74,7 +74,8 @@ def attach_tokenizer(model: StreamingLM, tokenizer) -> StreamingLM:
                               "rows: resize the LM's embeddings or use the LM's own tokenizer")
     model.tokenizer = tokenizer
     model.layout = StreamLayout(model.config.template, tokenizer, model.config.frames.tokens_per_frame,
-                                model.config.memory.tokens, image_tags=model.config.frames.image_tags)
+                                model.config.memory.tokens, image_tags=model.config.frames.image_tags,
+                                tokens_per_image=model.config.frames.tokens_per_image)
     return model
 
 

@@ -1,8 +1,8 @@
 """Named model presets, each a function returning a fresh :class:`MmlcConfig`.
 
 - ``tiny``: the CPU-sized layout of the embedded default model mmlc-tiny (64 px frames read at
-  128 px by a small ResNet tower that also sees the previous frame, 1 + 2x2 tokens a frame, a 4-layer
-  Llama; a memory bridge of 16 tokens). A 3-layer SigLIP tower (patch 8 at 64 px) was tried first: after 700 auxiliary steps it
+  128 px by a small ResNet tower that also sees the previous frame, 1 + 2x2 tokens a frame and 1 + 4x4
+  a chat image, tagged with its number; a 4-layer Llama; a memory bridge of 16 tokens). A 3-layer SigLIP tower (patch 8 at 64 px) was tried first: after 700 auxiliary steps it
   read the room and the object count but not which shape had which colour (chance level). A ResNet
   at 64 px (a 16x16 map after its stem) was no better; at 128 px its map keeps the shapes' outlines.
 - ``tiny-test``: the smallest random layout, for tests (hidden 32, 2 layers, 16 px frames).
@@ -42,7 +42,7 @@ def tiny() -> MmlcConfig:
     return MmlcConfig(
         name="tiny",
         vision=VisionConfig(hf=_resnet(stem=32, widths=[64, 96, 128], depths=[1, 1, 1], channels=6), size=128),
-        frames=FramesConfig(pooled=True, grid=2, temporal="prev_frame", image_tags=True),
+        frames=FramesConfig(pooled=True, grid=2, temporal="prev_frame", image_tags=True, image_grid=4),
         connector=ConnectorConfig(hidden=256),
         lm=LMConfig(hf=_llama(vocab=512, hidden=256, layers=4, heads=4, kv_heads=4, mlp=768)),
         template=TemplateConfig(),

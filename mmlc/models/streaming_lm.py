@@ -123,15 +123,21 @@ class StreamingLM(nn.Module):
         pooled = maps.mean((2, 3)) if pooled is None else pooled.flatten(1)
         return maps, pooled
 
-    def frame_features(self, maps: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """(feature map, pooled) -> frame features (N, T, Dv): [pooled] + grid x grid average pool."""
+    def frame_features(self, maps: torch.Tensor, pooled: torch.Tensor, grid: int | None = None) -> torch.Tensor:
+        """(feature map, pooled) -> frame features (N, T, Dv): [pooled] + grid x grid average pool
+        (``grid``: the frames' grid by default; chat images use ``frames.chat_grid``)."""
         tokens = []
         fc = self.config.frames
+        grid = fc.grid if grid is None else grid
         if fc.pooled:
             tokens.append(pooled[:, None])
-        if fc.grid:
-            tokens.append(F.adaptive_avg_pool2d(maps, fc.grid).flatten(2).transpose(1, 2))  # (N, k*k, Dv)
+        if grid:
+            tokens.append(F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2))  # (N, k*k, Dv)
         return torch.cat(tokens, dim=1)
+
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels of still chat images (N, C, S, S) -> their tokens at the LM width (N, T_image, D)."""
+        return self.connector(self.frame_features(*self.vision_maps(pixels), grid=self.config.frames.chat_grid))
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (N, C, S, S) -> frame features at the vision width (N, T, Dv).

@@ -120,7 +120,7 @@ class ChatSession(CachedDecoder):
 
     @torch.inference_mode()
     def _encode_images(self, images: list) -> torch.Tensor:
-        """Images -> frame tokens (N, T, D); each image is its own previous frame."""
+        """Images -> image tokens (N, T_image, D); each image is its own previous frame."""
         from mmlc.streaming.images import load_image
 
         rgb = []
@@ -130,7 +130,7 @@ class ChatSession(CachedDecoder):
             except SourceError as err:
                 raise SourceError(f"image {self.images_seen + k + 1} of turn {len(self.turns) + 1}: {err}") from None
         pixels = torch.cat([self.model.preprocess([f]) for f in rgb], dim=0)   # one at a time: no motion
-        return self.model.frame_embeddings(pixels)
+        return self.model.image_embeddings(pixels)
 
 
 def _image_names(images: list) -> list[str]:

@@ -80,6 +80,10 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
              "attention_mask": mask.to(dev), "pixels": torch.cat(per_example)}
     if tags is not None:
         batch["tags"] = tags.to(dev)
+    fc = model.config.frames
+    if fc.chat_grid != fc.grid and any(e.still for e in examples):
+        batch["image_rows"] = torch.tensor([e.still for e, px in zip(examples, per_example) for _ in range(len(px))],
+                                           device=dev)
     if any(memory_spans):
         batch["frame_rows"] = torch.tensor(frame_rows, device=dev)
         batch["memory_spans"] = memory_spans
@@ -137,15 +141,19 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     memory targets in the batch, the probe's loss on the bridge memories is added (``memory_probe_loss``).
     ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed).
     """
+    image_rows = batch.get("image_rows")
     if train_vision:
-        tokens = model.frame_embeddings(batch["pixels"])
+        feats, image_feats = _features(model, batch["pixels"], image_rows)
+        tokens = _row_tokens(model, feats, image_feats, image_rows, None)
         memory = None
     else:
         with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, tower_dtype or "float32"),
                                              enabled=tower_dtype not in (None, "float32")):
-            feats = model.vision_features(batch["pixels"]).float()
+            feats, image_feats = _features(model, batch["pixels"], image_rows)
+        feats = feats.float()
+        image_feats = None if image_feats is None else image_feats.float()
         rows = batch.get("frame_rows")
-        tokens = model.connector(feats if rows is None else feats[rows])
+        tokens = _row_tokens(model, feats, image_feats, image_rows, rows)
         memory, raw = fold_memories(model, feats, batch["memory_spans"]) if rows is not None else (None, None)
     if full_logits:
         out = model(batch["input_ids"], frame_tokens=tokens, memory_tokens=memory,
@@ -163,6 +171,27 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
         parts["loss"] = parts["loss"] + parts["memory_probe_loss"]
     return parts, logits
+
+
+def _features(model, pixels: torch.Tensor, image_rows: torch.Tensor | None):
+    """Frame features (N, T, Dv) of every pixel row, and the chat-image features (N_img, T_image, Dv) of
+    the rows ``image_rows`` marks (None when the batch has none or images use the frames' grid)."""
+    maps, pooled = model.vision_maps(pixels)
+    feats = model.frame_features(maps, pooled)
+    if image_rows is None:
+        return feats, None
+    return feats, model.frame_features(maps[image_rows], pooled[image_rows], grid=model.config.frames.chat_grid)
+
+
+def _row_tokens(model, feats, image_feats, image_rows, rows) -> torch.Tensor:
+    """The LM-width tokens of the rows that fill frame placeholders (``rows``, or all), in order: chat
+    image rows take their image tokens, the others their frame tokens."""
+    if image_feats is None:
+        return model.connector(feats if rows is None else feats[rows])
+    which = torch.cumsum(image_rows.long(), 0) - 1
+    order = range(feats.shape[0]) if rows is None else rows.tolist()
+    pieces = [image_feats[int(which[r])] if bool(image_rows[r]) else feats[r] for r in order]
+    return model.connector(torch.cat(pieces))
 
 
 def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]):
@@ -191,7 +220,8 @@ def draw_batch(model, stage: Stage, rng: np.random.Generator) -> list[ex.Example
         frames += len(e.frames)
         if batch and stage.max_batch_frames and frames > stage.max_batch_frames:
             break
-        cost = (len(e.frames) - e.frame_offset) * per_frame + 12 * sum(1 for i in e.items if not isinstance(i, ex.Frame))
+        per = model.config.frames.tokens_per_image + 1 if e.still else per_frame
+        cost = (len(e.frames) - e.frame_offset) * per + 12 * sum(1 for i in e.items if not isinstance(i, ex.Frame))
         cost += sum(12 * len(i.recap) + model.config.memory.tokens for i in e.items if isinstance(i, ex.Memory))
         if batch and stage.max_batch_tokens and (len(batch) + 1) * max(longest, cost) > stage.max_batch_tokens:
             break
