@@ -9,7 +9,9 @@ order. A turn with images and no markers shows them first, numbered as MMDU does
     which image has more objects?
 
 Each image is encoded on its own as a still frame (a tower that also sees the previous frame is
-shown the image as its own previous: nothing moves). The history is the model's own replies: each
+shown the image as its own previous: nothing moves), pooled on ``frames.chat_grid`` (finer than a
+stream frame's grid where ``frames.image_grid`` says so) and, with ``frames.image_tags``, tagged with
+the embedding of its number. The history is the model's own replies: each
 turn is appended to the same KV cache and the reply greedy-decoded into it, so a follow-up ("and in
 image 2?") reads the earlier turns.
 """
