@@ -24,6 +24,13 @@ def tokenizer():
 
 
 @pytest.fixture()
+def tiny_with(tokenizer):
+    """Build a fresh tiny random model (no memory bridge) with config overrides, e.g. image tags."""
+    return lambda **overrides: build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, **overrides}),
+                                     tokenizer, seed=0)
+
+
+@pytest.fixture()
 def tiny_model(tokenizer):
     """A fresh tiny random model (seeded) with a small trained tokenizer and no memory bridge: its
     sessions keep every frame (the streaming core); tests/test_memory_stream.py covers the bridge."""

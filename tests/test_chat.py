@@ -120,12 +120,8 @@ def test_chat_cli_one_shot_and_interactive(tmp_path, monkeypatch, capsys):
 
 
 @pytest.fixture()
-def tagged_model(tokenizer):
-    from mmlc.config import apply_overrides
-    from mmlc.models.loading import build
-    from mmlc.models.presets import preset
-
-    return build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, "frames.image_tags": True}), tokenizer, seed=0)
+def tagged_model(tiny_with):
+    return tiny_with(**{"frames.image_tags": True})
 
 
 def test_image_tags_name_each_image_by_its_number(tagged_model):
@@ -188,14 +184,13 @@ def test_tagged_chat_cache_matches_one_forward_and_training_batch(tagged_model, 
     assert sorted(set(batch["tags"][batch["tags"] >= 0].tolist())) == sorted({lay.image_tag(0), lay.image_tag(1)})
 
 
-def test_chat_images_with_a_finer_grid(tokenizer, frames):
+def test_chat_images_with_a_finer_grid(tiny_with, frames):
     """``frames.image_grid``: a chat image takes [pooled] + 4x4 tokens while stream frames keep 1 + 2x2;
     the cached conversation still equals one forward over its history."""
     from mmlc.config import apply_overrides
-    from mmlc.models.loading import build
     from mmlc.models.presets import preset
 
-    model = build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, "frames.image_grid": 4}), tokenizer, seed=0)
+    model = tiny_with(**{"frames.image_grid": 4})
     lay = model.layout
     assert lay.user_turn(["Image1: ", 0, "q?"]).ids.count(lay.frame_id) == 17
     assert lay.frame(0, False).ids.count(lay.frame_id) == 5

@@ -230,15 +230,11 @@ def test_fresh_digit_embeddings_separate_collapsed_digits(tiny_model):
     torch.testing.assert_close(table.detach(), after)          # the same seed draws the same vectors
 
 
-def test_chat_images_take_their_own_grid_in_training_batches(tokenizer):
+def test_chat_images_take_their_own_grid_in_training_batches(tiny_with):
     """With ``frames.image_grid`` a batch mixing a stream and a dialogue gives the stream's frames the
     frames' tokens and the dialogue's images the finer image tokens, in placeholder order, exactly
     what the streaming and chat sessions compute."""
-    from mmlc.config import apply_overrides
-    from mmlc.models.loading import build
-    from mmlc.models.presets import preset
-
-    model = build(apply_overrides(preset("tiny-test"), {"memory.tokens": 0, "frames.image_grid": 4}), tokenizer, seed=0)
+    model = tiny_with(**{"frames.image_grid": 4})
     fc = model.config.frames
     assert (fc.tokens_per_frame, fc.tokens_per_image) == (5, 17)
     rng = np.random.default_rng(2)

@@ -309,7 +309,7 @@ def final_example(rng: np.random.Generator) -> Example:
 
 
 def tags_example(rng: np.random.Generator) -> Example:
-    """The stage that teaches a trained model to read image tags (``frames.image_tags``): multi-image
+    """The chat-heavy last stage of ``tiny`` (which also brings in image tags and the finer image grid): multi-image
     dialogues 50%, question-dense crops 30%, dense memory questions 10% (the LM keeps reading
     memories; the bridge is frozen), stream crops 10%."""
     return _mix(rng, [(0.5, multi_image_example), (0.8, qa_stream_example), (0.9, memory_align_example)],
