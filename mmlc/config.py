@@ -233,6 +233,10 @@ class MemoryConfig:
     max_age: int = 64
     max_memories: int = 32
     max_scene_seconds: float = 32.0
+    # the grid of the frame features the bridge folds (0: the frames' grid). A model whose frames
+    # were made finer after its bridge was trained keeps the bridge's grid: the frame tokens are
+    # re-pooled to it (StreamingLM.memory_features), exactly the map's pool when it divides frames.grid
+    grid: int = 0
 
     def __post_init__(self) -> None:
         _require(isinstance(self.tokens, int) and self.tokens >= 0, "memory.tokens", self.tokens,
@@ -245,6 +249,8 @@ class MemoryConfig:
                  self.mlp_ratio, "a number > 0")
         _require(isinstance(self.max_scene_seconds, (int, float)) and self.max_scene_seconds > 0,
                  "memory.max_scene_seconds", self.max_scene_seconds, "a number of seconds > 0")
+        _require(isinstance(self.grid, int) and not isinstance(self.grid, bool) and self.grid >= 0, "memory.grid",
+                 self.grid, "an int >= 0 (0: the frames' grid)")
 
 
 SECTIONS = {
@@ -277,6 +283,18 @@ class MmlcConfig:
         want = 6 if self.frames.temporal == "prev_frame" else 3
         _require(self.vision.num_channels == want, "vision.hf.num_channels", self.vision.num_channels,
                  f"{want} when frames.temporal is '{self.frames.temporal}'")
+        if self.memory.grid:
+            _require(self.frames.grid > 0, "memory.grid", self.memory.grid,
+                     "0 when frames.grid is 0 (the bridge re-pools the frames' grid tokens)")
+
+    @property
+    def memory_grid(self) -> int:
+        """The grid of the frame features the memory bridge folds."""
+        return self.memory.grid or self.frames.grid
+
+    @property
+    def memory_tokens_per_frame(self) -> int:
+        return int(self.frames.pooled) + self.memory_grid * self.memory_grid
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,14 +3,19 @@ the KV cache stays bounded, options are checked, and the memory stage's examples
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 import mmlc
+from mmlc.config import apply_overrides
 from mmlc.errors import ConfigError
 from mmlc.models.layout import Frame, Memory
 from mmlc.models.memory import MemoryState
+from mmlc.models.presets import preset
+from mmlc.train.trainer import set_frames_grid
 
 
 @pytest.fixture(scope="module", params=[0, 2])
@@ -36,6 +41,31 @@ def test_memory_is_on_by_default_for_a_model_with_a_bridge(model):
 def test_session_context_equals_the_memory_layout(model):
     """After scenes were closed, the session's last decision logits equal one forward over the layout
     of [Memory per closed scene] + the current scene's frames, with the bridge folding the same features."""
+    _assert_context_is_the_memory_layout(model)
+
+
+def test_a_finer_frame_grid_keeps_the_bridge_on_its_own_grid(model, tmp_path):
+    """A stage that moves frames to 4x4 (trainer.set_frames_grid) leaves the bridge folding the 1 + 2x2
+    features it was trained on: re-pooled from the 4x4 tokens, they equal the 2x2 model's features, so
+    a scene's memory does not change; the session still equals the layout; the config saves and loads."""
+    fine = copy.deepcopy(model)
+    set_frames_grid(fine, 4)
+    assert (fine.tokens_per_frame, fine.layout.tokens_per_frame, fine.config.memory_grid) == (17, 17, 2)
+    with torch.inference_mode():
+        pixels = model.preprocess(_frames(6))
+        feats = fine.vision_features(pixels)
+        assert feats.shape[1] == 17
+        torch.testing.assert_close(fine.memory_features(feats), model.vision_features(pixels))
+        torch.testing.assert_close(MemoryState(fine.bridge).add_scene(fine.memory_features(feats)),
+                                   MemoryState(model.bridge).add_scene(model.vision_features(pixels)))
+    _assert_context_is_the_memory_layout(fine)
+    loaded = mmlc.load(fine.save_pretrained(tmp_path / "fine"))
+    assert (loaded.config.frames.grid, loaded.config.memory.grid, loaded.tokens_per_frame) == (4, 2, 17)
+    with pytest.raises(ConfigError, match="memory.grid"):
+        apply_overrides(preset("tiny-test"), {"memory.grid": -1})
+
+
+def _assert_context_is_the_memory_layout(model):
     frames = _frames(21)
     s = model.stream(fps=2.0, threshold=0.0, max_scene_seconds=3.0, max_memories=16)  # never speaks; cuts every <= 6 frames
     for f in frames:
@@ -47,7 +77,8 @@ def test_session_context_equals_the_memory_layout(model):
         pixels = model.preprocess(frames)
         feats = model.vision_features(pixels)
         state = MemoryState(model.bridge)
-        memories = [model.memory_embeddings(state.add_scene(feats[a:b]))[0] for a, b in zip(starts, starts[1:])]
+        memories = [model.memory_embeddings(state.add_scene(model.memory_features(feats[a:b])))[0]
+                    for a, b in zip(starts, starts[1:])]
         current = range(starts[-1], len(frames))
         items = [Memory() for _ in memories] + [Frame(k) for k in range(len(current))]
         seq = model.layout.build(items)

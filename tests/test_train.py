@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmlc.errors import MmlcError
+from mmlc.errors import ConfigError, MmlcError
 from mmlc.train import examples as ex
 from mmlc.train import trainer
 from mmlc.models.layout import Turn
@@ -175,6 +175,36 @@ def test_memory_probe_counts_needles_only_where_shown():
     assert right[names[2]][1] == 4                      # the room head counts every memory
 
 
+def test_a_stage_moves_frames_to_a_finer_grid_and_later_stages_keep_it(tmp_path, monkeypatch):
+    """Stage(frames_grid=4): from that stage on batches carry 1 + 4x4 tokens a frame, the saved model says
+    so, and a run continued after it (a stage appended) still reads 4x4 while the bridge folds 2x2."""
+    grid_at_draw = []
+
+    def recipe(stages):
+        return lambda: recipes.Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, save_every=2,
+                                      stages=stages)
+
+    first = [Stage("vision", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=8),
+             Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, frames_grid=4)]
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", recipe(first))
+    real_draw = trainer.draw_batch
+    monkeypatch.setattr(trainer, "draw_batch", lambda model, stage, rng: grid_at_draw.append(
+        (stage.name, model.tokens_per_frame)) or real_draw(model, stage, rng))
+    out = tmp_path / "run"
+    logs: list[str] = []
+    import mmlc
+    model = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append))
+    assert (model.config.frames.grid, model.config.memory_grid) == (4, 2)
+    assert any("frames read at 4x4" in line for line in logs)
+    later = first + [Stage("memory", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2)]
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", recipe(later))
+    model = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append))
+    assert (model.config.frames.grid, model.config.memory_grid) == (4, 2)
+    assert {(name, n) for name, n in grid_at_draw} == {("align", 17), ("memory", 17)}
+    with pytest.raises(ConfigError, match="vision"):
+        Stage("vision", steps=1, lr=1e-3, frames_grid=4)
+
+
 def test_saved_recipe_compares_with_fields_added_since():
     """A run folder saved before a Recipe/Stage field existed still matches the same recipe today."""
     r = recipes.RECIPES["tiny"]()
@@ -204,29 +234,39 @@ def test_tokenizer_corpus_holds_chat_turns():
     assert first == list(trainer.corpus(np.random.default_rng(0), 5, 0)) and not any("Image" in t for t in first)
 
 
-def test_fresh_digit_embeddings_separate_collapsed_digits(tiny_model):
-    """Digits whose embeddings collapsed to one vector are drawn apart again (nearly orthogonal, at the
-    table's mean norm), deterministically, and no other token moves."""
+@pytest.mark.parametrize("which", ["digits", "answer words"])
+def test_fresh_embeddings_separate_collapsed_tokens(tiny_model, which):
+    """Tokens whose embeddings collapsed to one vector (digits; the first tokens of "small"/"large"/
+    "yes"/"no" as answers start) are drawn apart again (nearly orthogonal, at the table's mean norm),
+    deterministically, and no other token moves."""
     tok = tiny_model.tokenizer
-    digits = trainer.digit_tokens(tok)
-    assert digits and all(tok.decode([i]).strip().isdigit() for i in digits)
+    if which == "digits":
+        ids = trainer.digit_tokens(tok)
+        assert ids and all(tok.decode([i]).strip().isdigit() for i in ids)
+        draw = lambda: trainer.fresh_digit_embeddings(tiny_model, seed=3)   # noqa: E731
+    else:
+        words = ["small", "large", "yes", "no"]
+        ids = trainer.word_start_tokens(tok, words)
+        assert ids == sorted({tok.encode(w, add_special_tokens=False)[0] for w in words}) and len(ids) >= 2
+        assert all(any(w.startswith(tok.decode([i])) for w in words) for i in ids)
+        draw = lambda: trainer.fresh_token_embeddings(tiny_model, ids, seed=3)   # noqa: E731
     table = tiny_model.lm.get_input_embeddings().weight
     with torch.no_grad():
-        table[digits] = table[digits[0]].clone()        # collapsed, as in the first mmlc-tiny
+        table[ids] = table[ids[0]].clone()        # collapsed, as in mmlc-tiny before the stages that redraw them
     before = table.detach().clone()
-    assert trainer.fresh_digit_embeddings(tiny_model, seed=3) == len(digits)
+    assert draw() == len(ids)
     after = table.detach().clone()
-    others = [i for i in range(table.shape[0]) if i not in digits]
+    others = [i for i in range(table.shape[0]) if i not in ids]
     torch.testing.assert_close(after[others], before[others])
-    if len(digits) > 1:
-        unit = after[digits] / after[digits].norm(dim=1, keepdim=True)
-        cos = unit @ unit.T - torch.eye(len(digits))
+    if len(ids) > 1:
+        unit = after[ids] / after[ids].norm(dim=1, keepdim=True)
+        cos = unit @ unit.T - torch.eye(len(ids))
         assert float(cos.abs().max()) < 0.9
-    torch.testing.assert_close(after[digits].norm(dim=1), torch.full((len(digits),), float(before.norm(dim=1).mean())),
+    torch.testing.assert_close(after[ids].norm(dim=1), torch.full((len(ids),), float(before.norm(dim=1).mean())),
                                atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         table.copy_(before)
-    trainer.fresh_digit_embeddings(tiny_model, seed=3)
+    draw()
     torch.testing.assert_close(table.detach(), after)          # the same seed draws the same vectors
 
 

@@ -2,7 +2,10 @@
 
 - ``tiny``: the CPU-sized layout of the embedded default model mmlc-tiny (64 px frames read at
   128 px by a small ResNet tower that also sees the previous frame, 1 + 2x2 tokens a frame and 1 + 4x4
-  a chat image, tagged with its number; a 4-layer Llama; a memory bridge of 16 tokens). A 3-layer SigLIP tower (patch 8 at 64 px) was tried first: after 700 auxiliary steps it
+  a chat image, tagged with its number; a 4-layer Llama; a memory bridge of 16 tokens). The last
+  stage of the ``tiny`` recipe moves frames to 1 + 4x4 (``Stage.frames_grid``; the bridge keeps folding
+  1 + 2x2, ``memory.grid``), so the shipped model's config.json reads 4x4 frames; this preset is the
+  layout its training starts from. A 3-layer SigLIP tower (patch 8 at 64 px) was tried first: after 700 auxiliary steps it
   read the room and the object count but not which shape had which colour (chance level). A ResNet
   at 64 px (a 16x16 map after its stem) was no better; at 128 px its map keeps the shapes' outlines.
 - ``tiny-test``: the smallest random layout, for tests (hidden 32, 2 layers, 16 px frames).

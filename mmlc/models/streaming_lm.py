@@ -59,7 +59,7 @@ class StreamingLM(nn.Module):
 
             # memory tokens: folded at the vision width, projected by the frames' connector plus a learned
             # offset that tells the LM "memory" apart from "frame"
-            self.bridge = MemoryBridge(config.vision.hidden_size, config.memory, slots=config.frames.tokens_per_frame)
+            self.bridge = MemoryBridge(config.vision.hidden_size, config.memory, slots=config.memory_tokens_per_frame)
             self.memory_offset = nn.Parameter(torch.zeros(config.lm.hidden_size))
         self.layout: StreamLayout | None = None
         self.tokenizer = None
@@ -149,6 +149,18 @@ class StreamingLM(nn.Module):
     def frame_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (N, C, S, S) -> frame tokens at the LM width (N, T, D)."""
         return self.connector(self.vision_features(pixels))
+
+    def memory_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Frame features (N, T, Dv) -> the features the bridge folds (N, T_memory, Dv): the same unless
+        ``memory.grid`` differs from ``frames.grid``; then the grid tokens are average-pooled to it (equal
+        to pooling the tower's map when the grids divide it and each other, e.g. 4x4 -> 2x2 of an 8x8 map)."""
+        fc, grid = self.config.frames, self.config.memory_grid
+        if grid == fc.grid:
+            return feats
+        head = feats[:, :int(fc.pooled)]
+        cells = feats[:, int(fc.pooled):].transpose(1, 2).unflatten(2, (fc.grid, fc.grid))  # (N, Dv, g, g)
+        pooled = F.adaptive_avg_pool2d(cells, grid).flatten(2).transpose(1, 2)
+        return torch.cat([head, pooled], dim=1)
 
     def memory_embeddings(self, memory: torch.Tensor) -> torch.Tensor:
         """Bridge memory (..., m, Dv) -> memory tokens at the LM width (..., m, D)."""

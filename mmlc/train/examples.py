@@ -33,7 +33,7 @@ from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
 STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final",
-          "tags")
+          "tags", "grid")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -316,6 +316,15 @@ def tags_example(rng: np.random.Generator) -> Example:
                 stream_example)
 
 
+def grid_example(rng: np.random.Generator) -> Example:
+    """The stage that moves streams to a finer frame grid (``Stage.frames_grid``): the LM relearns
+    narration and the speak decision on the new tokens (stream crops 35%), with question-dense crops
+    35%, multi-image dialogues 20% and dense memory questions 10% (the bridge frozen, still folding
+    its own grid) so that nothing else slips."""
+    return _mix(rng, [(0.35, stream_example), (0.7, qa_stream_example), (0.9, multi_image_example)],
+                memory_align_example)
+
+
 def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int) -> None:
     """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
     needle question once the needle has gone, a question about the previous room when there was one,
@@ -353,7 +362,7 @@ def memory_example(rng: np.random.Generator) -> Example:
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
             "long": long_example, "refresh": refresh_example, "final": final_example,
-            "tags": tags_example}
+            "tags": tags_example, "grid": grid_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

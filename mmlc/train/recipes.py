@@ -28,6 +28,20 @@ class Stage:
     # (cosine 0.94-0.98 between "1".."4": digits only ever named images), so image tags and "image 3"
     # in a question were nearly the same vector for every image (trainer.fresh_digit_embeddings)
     fresh_digits: bool = False
+    # > 0: from this stage on, frames are read at frames_grid x frames_grid (the saved config says so);
+    # the memory bridge keeps folding the grid it was trained on (memory.grid). For LM stages only.
+    frames_grid: int = 0
+    # words whose first token (as an answer starts, with no space before it) is drawn afresh when the
+    # stage starts, like fresh_digits: in the model of stage 12 "small"/"large" had collapsed to one
+    # vector (cosine 0.984) and it answered "large" to 9 of 10 size questions, though a linear probe
+    # reads the size from the frame token (0.96). Redrawing "yes"/"no" too (cosine 0.93) cost the chat's
+    # "same room?" answers (63 -> 53 of 73 right), so the tiny recipe redraws only "small"/"large".
+    fresh_words: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.frames_grid and self.name == "vision":
+            raise ConfigError("Stage('vision', frames_grid=...): the vision stage's heads read the preset's grid; "
+                              "change the grid in a later (LM) stage")
 
 
 @dataclass
@@ -104,6 +118,8 @@ def tiny() -> Recipe:
               eval_examples=32),
         Stage("tags", steps=1200, lr=3e-4, batch_size=16, max_batch_tokens=5120, max_batch_frames=1600, warmup=30,
               eval_examples=32, fresh_digits=True),
+        Stage("grid", steps=1000, lr=3e-4, batch_size=16, max_batch_tokens=8192, max_batch_frames=1600, warmup=30,
+              eval_examples=32, frames_grid=4, fresh_words=["small", "large"]),
     ])
 
 

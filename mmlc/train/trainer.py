@@ -204,7 +204,7 @@ def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]
     for example_spans in spans:
         state = MemoryState(model.bridge)
         for a, b in example_spans:
-            raw.append(state.add_scene(feats[a:b])[0])
+            raw.append(state.add_scene(model.memory_features(feats[a:b]))[0])
             out.append(model.memory_embeddings(raw[-1]))
     return (torch.cat(out), torch.stack(raw)) if out else (None, None)
 
@@ -416,9 +416,17 @@ class Run:
                 load_weights(heads, ckpt / "heads.safetensors", allow_missing=("memory_probe.",))
             start_stage, start_step, elapsed = state["stage"], state["step"], state.get("elapsed", 0.0)
             self.log(f"resuming stage {start_stage} ({self.recipe.stages[start_stage].name}) at step {start_step}")
+        for stage in self.recipe.stages[:start_stage]:  # grids that earlier stages switched to
+            if stage.frames_grid:
+                set_frames_grid(model, stage.frames_grid)
         for s_idx in range(start_stage, len(self.recipe.stages)):
             stage = self.recipe.stages[s_idx]
             step0 = start_step if s_idx == start_stage else 0
+            if stage.frames_grid and stage.frames_grid != model.config.frames.grid:
+                set_frames_grid(model, stage.frames_grid)
+                self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
+                         f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
+                         f"{model.config.memory_grid})")
             elapsed = self._train_stage(model, heads, s_idx, stage, step0, elapsed, t0)
             t0 = time.time()
         if self.main:
@@ -432,6 +440,10 @@ class Run:
         if stage.fresh_digits and step0 == 0:
             n = fresh_digit_embeddings(model, seed=self.recipe.seed + s_idx)
             self.log(f"stage {stage.name}: embeddings of {n} digit tokens drawn afresh")
+        if stage.fresh_words and step0 == 0:
+            n = fresh_token_embeddings(model, word_start_tokens(model.tokenizer, stage.fresh_words),
+                                       seed=self.recipe.seed + 1000 + s_idx)
+            self.log(f"stage {stage.name}: embeddings of the {n} tokens that start {stage.fresh_words} drawn afresh")
         for p in model.parameters():
             p.requires_grad_(False)
         trainable = list(model.vision.parameters()) + list(heads.parameters()) if vision else \
@@ -554,12 +566,38 @@ def digit_tokens(tokenizer) -> list[int]:
     return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()]
 
 
-@torch.no_grad()
+def set_frames_grid(model, grid: int) -> None:
+    """Read frames at ``grid`` x ``grid`` from now on (config, layout). The memory bridge's grid is pinned
+    to the one it was built with, so its weights (slot embeddings per frame token) still fit; the
+    connector is per token and needs no change."""
+    cfg = model.config
+    if cfg.frames.grid == grid:
+        return
+    if model.bridge is not None and cfg.memory_grid == 0:
+        raise ConfigError(f"frames_grid={grid}: this model's bridge folds pooled-only frames (frames.grid 0), which "
+                          "memory.grid cannot pin; give the preset a frames grid first")
+    cfg.memory.grid = cfg.memory_grid
+    cfg.frames.grid = grid
+    if model.layout is not None:   # (chat images follow the frames' grid when frames.image_grid is 0)
+        model.layout.tokens_per_frame = cfg.frames.tokens_per_frame
+        model.layout.tokens_per_image = cfg.frames.tokens_per_image
+
+
+def word_start_tokens(tokenizer, words: list[str]) -> list[int]:
+    """Ids of the first token of each word as an answer starts with it (no space before it), once each."""
+    return sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
+
+
 def fresh_digit_embeddings(model, seed: int) -> int:
-    """Draw the input (and tied output) embeddings of the digit tokens afresh: normal directions at the
+    """Draw the embeddings of the digit tokens afresh (fresh_token_embeddings). Returns how many."""
+    return fresh_token_embeddings(model, digit_tokens(model.tokenizer), seed)
+
+
+@torch.no_grad()
+def fresh_token_embeddings(model, ids: list[int], seed: int) -> int:
+    """Draw the input (and tied output) embeddings of tokens ``ids`` afresh: normal directions at the
     table's mean row norm, from ``seed``. Random directions in the LM width are nearly orthogonal, so
-    "1", "2", "3" become distinguishable again. Returns how many tokens were drawn."""
-    ids = digit_tokens(model.tokenizer)
+    collapsed tokens ("1"/"2"/"3", "small"/"large") become distinguishable again. Returns len(ids)."""
     table = model.lm.get_input_embeddings().weight
     if not ids:
         return 0
