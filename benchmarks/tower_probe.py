@@ -33,14 +33,14 @@ def features(model, n_episodes: int, first_seed: int = 3000):
         with torch.no_grad():
             pixels = torch.cat([model.preprocess([ep.frame(i) for i in idx])[:, :3],
                                 model.preprocess([ep.frame(i - 1) for i in idx])[:, :3]], 1)
-            maps, _ = model.vision_maps(pixels)
-            grid4 = F.adaptive_avg_pool2d(maps, 4)
+            maps, pooled = model.vision_maps(pixels)
+            grid4 = model.frame_features(maps, pooled, grid=4)[:, -16:]   # the 4x4 tokens, row by row
         side, s = maps.shape[-1], ep.config.size
         for k, i in enumerate(idx):
             for o in ep.states[i]["objects"]:
                 x, y = o["x"] / s, o["y"] / s
                 cell8.append(maps[k, :, min(int(y * side), side - 1), min(int(x * side), side - 1)].float().numpy())
-                cell4.append(grid4[k, :, min(int(y * 4), 3), min(int(x * 4), 3)].float().numpy())
+                cell4.append(grid4[k, min(int(y * 4), 3) * 4 + min(int(x * 4), 3)].float().numpy())
                 size.append(int(o["size"] == "large"))
                 colour.append(colours.index(o["colour"]))
     return np.array(cell8), np.array(cell4), np.array(size), np.array(colour), len(colours)

@@ -33,7 +33,7 @@ from mmlc.data import shapeworld as sw
 from mmlc.data.tokenizer import train_tokenizer
 from mmlc.errors import ConfigError, MmlcError
 from mmlc.models.layout import DECISION, IGNORE, TEXT
-from mmlc.models.loading import build, load_weights, save_pretrained
+from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
@@ -422,8 +422,7 @@ class Run:
         for s_idx in range(start_stage, len(self.recipe.stages)):
             stage = self.recipe.stages[s_idx]
             step0 = start_step if s_idx == start_stage else 0
-            if stage.frames_grid and stage.frames_grid != model.config.frames.grid:
-                set_frames_grid(model, stage.frames_grid)
+            if stage.frames_grid and set_frames_grid(model, stage.frames_grid):
                 self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
                          f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
                          f"{model.config.memory_grid})")
@@ -442,7 +441,7 @@ class Run:
             self.log(f"stage {stage.name}: embeddings of {n} digit tokens drawn afresh")
         if stage.fresh_words and step0 == 0:
             n = fresh_token_embeddings(model, word_start_tokens(model.tokenizer, stage.fresh_words),
-                                       seed=self.recipe.seed + 1000 + s_idx)
+                                       seed=self.recipe.seed + 1000 + s_idx)   # not the digits' seeds
             self.log(f"stage {stage.name}: embeddings of the {n} tokens that start {stage.fresh_words} drawn afresh")
         for p in model.parameters():
             p.requires_grad_(False)
@@ -566,21 +565,21 @@ def digit_tokens(tokenizer) -> list[int]:
     return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()]
 
 
-def set_frames_grid(model, grid: int) -> None:
-    """Read frames at ``grid`` x ``grid`` from now on (config, layout). The memory bridge's grid is pinned
-    to the one it was built with, so its weights (slot embeddings per frame token) still fit; the
-    connector is per token and needs no change."""
+def set_frames_grid(model, grid: int) -> bool:
+    """Read frames at ``grid`` x ``grid`` from now on (config, and the layout derived from it). The memory
+    bridge's grid is pinned to the one it was built with, so its weights (slot embeddings per frame
+    token) still fit; the connector is per token and needs no change. Returns whether anything changed."""
     cfg = model.config
     if cfg.frames.grid == grid:
-        return
+        return False
     if model.bridge is not None and cfg.memory_grid == 0:
         raise ConfigError(f"frames_grid={grid}: this model's bridge folds pooled-only frames (frames.grid 0), which "
                           "memory.grid cannot pin; give the preset a frames grid first")
     cfg.memory.grid = cfg.memory_grid
     cfg.frames.grid = grid
-    if model.layout is not None:   # (chat images follow the frames' grid when frames.image_grid is 0)
-        model.layout.tokens_per_frame = cfg.frames.tokens_per_frame
-        model.layout.tokens_per_image = cfg.frames.tokens_per_image
+    if model.tokenizer is not None:   # the layout again, from the new config (chat images follow the
+        attach_tokenizer(model, model.tokenizer)   # frames' grid when frames.image_grid is 0)
+    return True
 
 
 def word_start_tokens(tokenizer, words: list[str]) -> list[int]:
