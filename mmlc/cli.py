@@ -189,7 +189,8 @@ def cmd_data(args) -> int:
 def cmd_train(args) -> int:
     from mmlc.train.trainer import train
 
-    out = train(args.recipe, args.out, device=args.device, resume=not args.no_resume, progress=not args.no_progress)
+    out = train(args.recipe, args.out, device=args.device, resume=not args.no_resume, progress=not args.no_progress,
+                start_from=args.start_from, start_stage=args.from_stage)
     if args.export:
         import shutil
         from pathlib import Path
@@ -322,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: created, or resumed if it holds this recipe's run")
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run in --out")
+    p.add_argument("--from", dest="start_from", default=None, metavar="DIR",
+                   help="start from this model folder as made by the recipe's earlier stages, instead of "
+                        "training them again ('mmlc-tiny': the embedded model); with --from-stage")
+    p.add_argument("--from-stage", type=int, default=None, metavar="N",
+                   help="with --from: the first stage (1-based) to train on that model")
     p.add_argument("--export", default=None, help="copy the final model to this folder (e.g. mmlc/assets/mmlc-tiny)")
     p.add_argument("--export-dtype", choices=["float16", "float32"], default="float16",
                    help="dtype of the exported weights file (default float16: half the size, loaded as float32)")

@@ -53,7 +53,8 @@ def test_examples_are_valid_timelines(tiny_model):
                 isinstance(part, int) for i in e.items if isinstance(i, Turn) for part in i.parts)
             assert n_frames == len(e.frames) - e.frame_offset >= 1
             n_memory = sum(isinstance(i, ex.Memory) for i in e.items)
-            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags") or n_memory == 0)
+            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues")
+                                                  or n_memory == 0)
             if n_memory:
                 continue   # tiny_model has no bridge; tests/test_memory_stream.py builds these
             seq = tiny_model.layout.build(e.items)
@@ -293,3 +294,81 @@ def test_chat_images_take_their_own_grid_in_training_batches(tiny_with):
         fast, _ = trainer.lm_step(model, batch)
     torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(full["loss"], fast["loss"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_run_starts_from_a_model_at_a_later_stage(tmp_path, monkeypatch):
+    """``--from DIR --from-stage N``: the run takes DIR's weights and tokenizer as what stages 1..N-1
+    made (grids they switched included), trains only N.., checkpoints before its first step (an
+    interruption there resumes, not restarts from scratch), and refuses a model that does not fit."""
+    import mmlc
+    from safetensors.torch import load_file
+
+    def recipe(stages):
+        return lambda: recipes.Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, save_every=2,
+                                      stages=stages)
+
+    first = [Stage("vision", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=8),
+             Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, frames_grid=4)]
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", recipe(first))
+    base = trainer.train("tiny-smoke", tmp_path / "base", progress=False, log=lambda _: None)
+    more = first + [Stage("change", steps=3, lr=1e-3, batch_size=2, warmup=1, eval_examples=2,
+                          tower_dtype="bfloat16")]
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", recipe(more))
+
+    drawn = []
+    real_draw = trainer.draw_batch
+
+    def crash_at_first_step(model, stage, rng):
+        drawn.append((stage.name, model.tokens_per_frame))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "draw_batch", crash_at_first_step)
+    out, logs = tmp_path / "later", []
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train("tiny-smoke", out, progress=False, log=logs.append, start_from=base, start_stage=3)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["stage"] == 2
+    assert (out / "tokenizer" / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    started = json.loads((out / "recipe.json").read_text())["started_from"]
+    assert started == {"model": str(base), "stage": 3}
+    monkeypatch.setattr(trainer, "draw_batch", lambda model, stage, rng: drawn.append(
+        (stage.name, model.tokens_per_frame)) or real_draw(model, stage, rng))
+    final = trainer.train("tiny-smoke", out, progress=False, log=logs.append)   # resumed, no --from needed
+    assert any(line.startswith("resuming stage 2 (change)") for line in logs)
+    assert {name for name, _ in drawn} == {"change"} and {n for _, n in drawn} == {17}
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals if "eval" in e] == ["change"]
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    tower = [k for k in before if k.startswith("vision.")]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)   # the frozen tower came from --from
+    assert not torch.equal(before["lm.model.layers.0.mlp.up_proj.weight"], after["lm.model.layers.0.mlp.up_proj.weight"])
+    assert mmlc.load(final).config.frames.grid == 4
+
+    with pytest.raises(MmlcError, match=r"differs .*after stage 1 .*frames\.grid"):    # stage 2 had not run yet: grid 2 expected
+        trainer.train("tiny-smoke", tmp_path / "early", progress=False, log=lambda _: None, start_from=base,
+                      start_stage=2)
+    for kwargs, match in (({"start_from": base}, "go together"), ({"start_from": base, "start_stage": 1}, "2..3"),
+                          ({"start_from": base, "start_stage": 9}, "2..3"),
+                          ({"start_from": tmp_path, "start_stage": 3}, "not a model folder")):
+        with pytest.raises(ConfigError, match=match):
+            trainer.train("tiny-smoke", tmp_path / "bad", progress=False, **kwargs)
+    with pytest.raises(ConfigError, match="tower_dtype"):
+        Stage("change", steps=1, lr=1e-3, tower_dtype="int8")
+
+
+def test_dense_dialogues_ask_more_of_the_same_images():
+    """``n_turns`` lengthens a dialogue about the same kind of images; the default draw is unchanged."""
+    from mmlc.data import shapeworld as sw
+
+    lengths = []
+    for seed in range(30):
+        dense = sw.generate_multi_image(seed, n_turns=(8, 16))
+        assert len(dense.images) == len(sw.generate_multi_image(seed).images)
+        lengths.append(len(dense.turns))
+        assert len(dense.turns) < 16 and dense.turns[0]["images"] and not any(t["images"] for t in dense.turns[1:])
+        assert json.dumps(dense.truth()) == json.dumps(sw.generate_multi_image(seed, n_turns=(8, 16)).truth())
+    assert np.mean(lengths) > 2 * np.mean([len(sw.generate_multi_image(s).turns) for s in range(30)])
+    e = ex.dense_dialogue_example(np.random.default_rng(0))
+    assert sum(isinstance(i, Turn) for i in e.items) >= 2 and e.still and not e.decisions
+    for bad in ((8,), (0, 5), (6, 6), (2.0, 5), "8-16"):
+        with pytest.raises(ConfigError, match="n_turns"):
+            sw.generate_multi_image(0, n_turns=bad)

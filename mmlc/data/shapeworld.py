@@ -951,9 +951,18 @@ def _compare_options(states: list[dict]) -> list[tuple[str, str, list[int]]]:
     return options
 
 
-def generate_multi_image(seed: int, n_images: int | None = None, config: WorldConfig | None = None) -> MultiImageSet:
-    """2-4 still images (each its own room with 1..max_objects objects) and a 3-6 turn dialogue."""
+def generate_multi_image(seed: int, n_images: int | None = None, config: WorldConfig | None = None,
+                         n_turns: tuple[int, int] | None = None) -> MultiImageSet:
+    """2-4 still images (each its own room with 1..max_objects objects) and a 3-6 turn dialogue.
+
+    ``n_turns`` = (low, high) draws the dialogue's length from [low, high) instead (training's dense
+    dialogues); a dialogue stops early when the images leave no new question to ask.
+    """
     seed = _check_seed(seed)
+    if n_turns is not None and not (isinstance(n_turns, (tuple, list)) and len(n_turns) == 2
+                                    and all(isinstance(v, int) and not isinstance(v, bool) for v in n_turns)
+                                    and 1 <= n_turns[0] < n_turns[1]):
+        raise ConfigError(f"n_turns={n_turns!r}: must be (low, high) integers with 1 <= low < high")
     cfg = config if config is not None else WorldConfig()
     rng = np.random.default_rng([seed, _MULTI_TAG])
     if n_images is None:
@@ -968,7 +977,7 @@ def generate_multi_image(seed: int, n_images: int | None = None, config: WorldCo
             rooms.append(cfg.rooms[int(rng.integers(len(cfg.rooms)))])
     states = [_still_state(rng, cfg, room) for room in rooms]
 
-    n_turns = int(rng.integers(3, 7))
+    n_turns = int(rng.integers(*(n_turns or (3, 7))))
     turns: list[dict] = []
     asked: set[str] = set()
     previous: tuple[str, str | None] | None = None  # the attribute of the last single/followup turn

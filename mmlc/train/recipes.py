@@ -36,8 +36,14 @@ class Stage:
     # vector (cosine 0.984) and it answered "large" to 9 of 10 size questions, though a linear probe
     # reads the size from the frame token (0.96); "yes"/"no" were at 0.93
     fresh_words: list[str] = field(default_factory=list)
+    # the frozen tower's dtype in this stage ("": the recipe's frozen_tower_dtype): a stage appended to
+    # a recipe that trained in float32 can take bfloat16's speed without changing the recipe's earlier stages
+    tower_dtype: str = ""
 
     def __post_init__(self) -> None:
+        if self.tower_dtype not in ("", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"Stage('{self.name}', tower_dtype={self.tower_dtype!r}): use '', 'float32', "
+                              "'bfloat16' or 'float16'")
         if self.frames_grid and self.name == "vision":
             raise ConfigError("Stage('vision', frames_grid=...): the vision stage's heads read the preset's grid; "
                               "change the grid in a later (LM) stage")
@@ -119,6 +125,8 @@ def tiny() -> Recipe:
               eval_examples=32, fresh_digits=True),
         Stage("grid", steps=1000, lr=3e-4, batch_size=16, max_batch_tokens=8192, max_batch_frames=1600, warmup=30,
               eval_examples=32, frames_grid=4, fresh_words=["small", "large", "yes", "no"]),
+        Stage("dialogues", steps=1000, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
+              warmup=30, eval_examples=32, tower_dtype="bfloat16"),
     ])
 
 

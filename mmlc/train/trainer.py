@@ -331,10 +331,13 @@ def lr_at(stage: Stage, step: int) -> float:
 class Run:
     """A training run in folder ``out``: prepares, resumes, trains the stages, saves the model."""
 
-    def __init__(self, recipe: Recipe, out: Path, *, device=None, progress: bool = True, log=print):
+    def __init__(self, recipe: Recipe, out: Path, *, device=None, progress: bool = True, log=print,
+                 start_from: str | os.PathLike | None = None, start_stage: int | None = None):
         from accelerate import Accelerator
 
         self.recipe, self.out, self.progress, self.log = recipe, Path(out), progress, log
+        self.start_from = _check_start(recipe, start_from, start_stage)
+        self.start_stage = start_stage
         cpu = device in (None, "cpu")
         self.acc = Accelerator(cpu=cpu)
         self.main = self.acc.is_main_process
@@ -372,8 +375,14 @@ class Run:
             return json.loads(state_file.read_text()) if state_file.is_file() else None
         out.mkdir(parents=True, exist_ok=True)
         if self.main:
-            recipe_file.write_text(json.dumps({"recipe": self.recipe.to_dict(),
-                                               "config": preset(self.recipe.preset).to_dict()}, indent=2) + "\n")
+            saved = {"recipe": self.recipe.to_dict(), "config": preset(self.recipe.preset).to_dict()}
+            if self.start_from is not None:
+                saved["started_from"] = {"model": str(self.start_from), "stage": self.start_stage}
+                (out / "tokenizer").mkdir(exist_ok=True)
+                for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                    if (self.start_from / name).is_file():
+                        shutil.copy2(self.start_from / name, out / "tokenizer" / name)
+            recipe_file.write_text(json.dumps(saved, indent=2) + "\n")
         return None
 
     def _extends(self, saved: dict) -> bool:
@@ -390,6 +399,8 @@ class Run:
         folder = self.out / "tokenizer"
         if (folder / "tokenizer.json").is_file():
             return AutoTokenizer.from_pretrained(folder)
+        if self.start_from is not None:   # the main process copies it into the run folder
+            return AutoTokenizer.from_pretrained(self.start_from)
         rng = np.random.default_rng(self.recipe.seed)
         texts = list(corpus(rng, self.recipe.tokenizer_episodes, self.recipe.tokenizer_dialogues))
         tok = train_tokenizer(texts, self.recipe.tokenizer_vocab, preset(self.recipe.preset).template)
@@ -416,9 +427,13 @@ class Run:
                 load_weights(heads, ckpt / "heads.safetensors", allow_missing=("memory_probe.",))
             start_stage, start_step, elapsed = state["stage"], state["step"], state.get("elapsed", 0.0)
             self.log(f"resuming stage {start_stage} ({self.recipe.stages[start_stage].name}) at step {start_step}")
+        if state is None and self.start_from is not None:
+            start_stage = self.start_stage - 1
         for stage in self.recipe.stages[:start_stage]:  # grids that earlier stages switched to
             if stage.frames_grid:
                 set_frames_grid(model, stage.frames_grid)
+        if state is None and self.start_from is not None:
+            self._start_from_model(model, heads, start_stage)
         for s_idx in range(start_stage, len(self.recipe.stages)):
             stage = self.recipe.stages[s_idx]
             step0 = start_step if s_idx == start_stage else 0
@@ -433,6 +448,21 @@ class Run:
             os.replace(final, self.out / "model")
             self.log(f"training done in {elapsed / 60:.1f} min: {self.out / 'model'}")
         return self.out / "model"
+
+    def _start_from_model(self, model, heads, n_done: int) -> None:
+        """Take the weights of ``start_from`` as the model after the recipe's first ``n_done`` stages and
+        checkpoint them, so that an interruption before the first save resumes from here too."""
+        from mmlc.models.loading import read_config
+
+        differ = _differing_fields(model.config.to_dict(), read_config(self.start_from).to_dict())
+        if differ:
+            raise MmlcError(f"--from '{self.start_from}': its config.json differs from what recipe "
+                            f"'{self.recipe.name}' has after stage {n_done} ({self.recipe.stages[n_done - 1].name}) "
+                            f"in {differ[:6]}: pass a model that recipe made by then, or another --from-stage")
+        load_weights(model, self.start_from / "model.safetensors")
+        self.log(f"starting at stage {n_done + 1} ({self.recipe.stages[n_done].name}) from the model in "
+                 f"'{self.start_from}'")
+        self._save(model, heads, None, n_done, 0, 0.0)
 
     def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
         vision = stage.name == "vision"
@@ -479,7 +509,7 @@ class Run:
             else:
                 batch = collate(model, draw_batch(model, stage, rng))
                 parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
-                                   tower_dtype=self.recipe.frozen_tower_dtype)
+                                   tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype)
                 loss = parts["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -644,12 +674,52 @@ def corpus(rng: np.random.Generator, n_episodes: int, n_dialogues: int = 0):
                 yield a
 
 
+def _differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where nested dicts ``a`` and ``b`` differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing_fields(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(prefix + key)
+    return out
+
+
+def _check_start(rec: Recipe, start_from, start_stage) -> Path | None:
+    """The model folder a run starts from (``--from``), checked with its stage (``--from-stage``, 1-based)."""
+    if start_from is None and start_stage is None:
+        return None
+    if start_from is None or start_stage is None:
+        raise ConfigError("--from and --from-stage go together: --from DIR names a model folder made by the "
+                          "recipe's first stages, --from-stage N the first stage to train on it")
+    n = len(rec.stages)
+    if isinstance(start_stage, bool) or not isinstance(start_stage, int) or not 2 <= start_stage <= n:
+        raise ConfigError(f"--from-stage {start_stage!r}: recipe '{rec.name}' has stages 1..{n} "
+                          f"({', '.join(s.name for s in rec.stages)}); pass 2..{n} (stage 1 starts from scratch)")
+    folder = Path(start_from)
+    if str(start_from) == "mmlc-tiny" and not folder.exists():   # the embedded model, wherever it is installed
+        from mmlc.models.loading import DEFAULT_MODEL
+        folder = DEFAULT_MODEL
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        raise ConfigError(f"--from '{start_from}': not a model folder (needs config.json and model.safetensors, "
+                          "as model.save_pretrained or a finished run's model/ writes them)")
+    if not (folder / "tokenizer.json").is_file():
+        raise ConfigError(f"--from '{start_from}': has no tokenizer.json; the run needs the tokenizer the "
+                          "model was trained with")
+    return folder
+
+
 def train(recipe_name: str, out: str | os.PathLike, *, device=None, resume: bool = True, progress: bool = True,
-          log=print) -> Path:
-    """Run (or resume) recipe ``recipe_name`` into folder ``out``; returns the final model folder."""
+          log=print, start_from: str | os.PathLike | None = None, start_stage: int | None = None) -> Path:
+    """Run (or resume) recipe ``recipe_name`` into folder ``out``; returns the final model folder.
+
+    ``start_from`` (a model folder) with ``start_stage`` (1-based) skips the recipe's earlier stages:
+    the run takes that model (weights and tokenizer) as what they made and trains from that stage on,
+    e.g. the shipped mmlc-tiny and the stage a recipe gained after it was exported."""
     rec = get_recipe(recipe_name)
     if device not in (None, "cpu", "cuda", "auto"):
         raise ConfigError(f"device {device!r} is not supported for training: use cpu, cuda or auto "
                           "(several GPUs: accelerate launch -m mmlc train ...)")
     return Run(rec, Path(out), device=None if device in (None, "cpu") else "cuda", progress=progress,
-               log=log).train(resume=resume)
+               log=log, start_from=start_from, start_stage=start_stage).train(resume=resume)
