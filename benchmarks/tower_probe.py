@@ -1,9 +1,9 @@
-"""Does the frozen vision tower see an object's size and colour? Linear probes on its features.
+"""Does the frozen vision tower see an object's size, colour and shape? Linear probes on its features.
 
 For every object of ``N`` held-out 60 s ShapeWorld episodes (every 6th frame), take the tower's
 feature at the object's centre: its cell of the 8x8 map, and its cell of the 4x4 average pool (a
 frame token of a model with ``frames.grid = 4``). A logistic-regression probe (70/30 split of the
-objects) predicts size (small/large) and colour from each. High probe accuracy with wrong answers
+objects) predicts size (small/large), colour and shape from each. High probe accuracy with wrong answers
 from the LM means the LM, not vision, is what fails.
 
     python benchmarks/tower_probe.py [MODEL] [N]
@@ -26,7 +26,7 @@ from mmlc.data import shapeworld as sw
 
 def features(model, n_episodes: int, first_seed: int = 3000):
     colours = list(sw.COLOURS)
-    cell8, cell4, size, colour = [], [], [], []
+    cell8, cell4, size, colour, shape = [], [], [], [], []
     for seed in range(first_seed, first_seed + n_episodes):
         ep = sw.generate_episode(seed, sw.WorldConfig(duration=60.0, fps=2.0))
         idx = list(range(1, ep.n_frames, 6))
@@ -43,7 +43,8 @@ def features(model, n_episodes: int, first_seed: int = 3000):
                 cell4.append(grid4[k, min(int(y * 4), 3) * 4 + min(int(x * 4), 3)].float().numpy())
                 size.append(int(o["size"] == "large"))
                 colour.append(colours.index(o["colour"]))
-    return np.array(cell8), np.array(cell4), np.array(size), np.array(colour), len(colours)
+                shape.append(sw.SHAPES.index(o["shape"]))
+    return np.array(cell8), np.array(cell4), np.array(size), np.array(colour), len(colours), np.array(shape)
 
 
 def probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400) -> float:
@@ -64,11 +65,13 @@ def probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400) -> float
 
 def main(model_path: str | None = None, n_episodes: int = 40) -> dict:
     model = mmlc.load(model_path).eval()
-    cell8, cell4, size, colour, n_colours = features(model, n_episodes)
+    cell8, cell4, size, colour, n_colours, shape = features(model, n_episodes)
     out = {"objects": int(len(size)), "large_share": round(float(size.mean()), 3),
            "size": {"map_cell": round(probe(cell8, size, 2), 3), "grid4_cell": round(probe(cell4, size, 2), 3)},
            "colour": {"map_cell": round(probe(cell8, colour, n_colours), 3),
-                      "grid4_cell": round(probe(cell4, colour, n_colours), 3)}}
+                      "grid4_cell": round(probe(cell4, colour, n_colours), 3)},
+           "shape": {"map_cell": round(probe(cell8, shape, len(sw.SHAPES)), 3),
+                     "grid4_cell": round(probe(cell4, shape, len(sw.SHAPES)), 3)}}
     print(out)
     return out
 
