@@ -176,17 +176,22 @@ def test_memory_probe_counts_needles_only_where_shown():
     assert right[names[2]][1] == 4                      # the room head counts every memory
 
 
+def _smoke_recipe(stages):
+    """A recipe factory for RECIPES["tiny-smoke"] with these stages (tiny-test preset, saves every 2 steps)."""
+    return lambda: recipes.Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, save_every=2,
+                                  stages=stages)
+
+
+# the tower, then an LM stage that moves frames to a 4x4 grid
+_GRID_STAGES = [Stage("vision", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=8),
+                Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, frames_grid=4)]
+
+
 def test_a_stage_moves_frames_to_a_finer_grid_and_later_stages_keep_it(tmp_path, monkeypatch):
     """Stage(frames_grid=4): from that stage on batches carry 1 + 4x4 tokens a frame, the saved model says
     so, and a run continued after it (a stage appended) still reads 4x4 while the bridge folds 2x2."""
     grid_at_draw = []
-
-    def recipe(stages):
-        return lambda: recipes.Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, save_every=2,
-                                      stages=stages)
-
-    first = [Stage("vision", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=8),
-             Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, frames_grid=4)]
+    recipe, first = _smoke_recipe, _GRID_STAGES
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", recipe(first))
     real_draw = trainer.draw_batch
     monkeypatch.setattr(trainer, "draw_batch", lambda model, stage, rng: grid_at_draw.append(
@@ -303,12 +308,7 @@ def test_a_run_starts_from_a_model_at_a_later_stage(tmp_path, monkeypatch):
     import mmlc
     from safetensors.torch import load_file
 
-    def recipe(stages):
-        return lambda: recipes.Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, save_every=2,
-                                      stages=stages)
-
-    first = [Stage("vision", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=8),
-             Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, frames_grid=4)]
+    recipe, first = _smoke_recipe, _GRID_STAGES
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", recipe(first))
     base = trainer.train("tiny-smoke", tmp_path / "base", progress=False, log=lambda _: None)
     more = first + [Stage("change", steps=3, lr=1e-3, batch_size=2, warmup=1, eval_examples=2,
