@@ -353,6 +353,8 @@ def test_a_run_starts_from_a_model_at_a_later_stage(tmp_path, monkeypatch):
             trainer.train("tiny-smoke", tmp_path / "bad", progress=False, **kwargs)
     with pytest.raises(ConfigError, match="tower_dtype"):
         Stage("change", steps=1, lr=1e-3, tower_dtype="int8")
+    from mmlc.models.loading import DEFAULT_MODEL    # "mmlc-tiny" names the embedded model wherever installed
+    assert trainer._check_start(recipes.RECIPES["tiny"](), "mmlc-tiny", 14) == DEFAULT_MODEL
 
 
 def test_dense_dialogues_ask_more_of_the_same_images():
