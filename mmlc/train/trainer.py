@@ -378,10 +378,6 @@ class Run:
             saved = {"recipe": self.recipe.to_dict(), "config": preset(self.recipe.preset).to_dict()}
             if self.start_from is not None:
                 saved["started_from"] = {"model": str(self.start_from), "stage": self.start_stage}
-                (out / "tokenizer").mkdir(exist_ok=True)
-                for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                    if (self.start_from / name).is_file():
-                        shutil.copy2(self.start_from / name, out / "tokenizer" / name)
             recipe_file.write_text(json.dumps(saved, indent=2) + "\n")
         return None
 
@@ -399,11 +395,12 @@ class Run:
         folder = self.out / "tokenizer"
         if (folder / "tokenizer.json").is_file():
             return AutoTokenizer.from_pretrained(folder)
-        if self.start_from is not None:   # the main process copies it into the run folder
-            return AutoTokenizer.from_pretrained(self.start_from)
-        rng = np.random.default_rng(self.recipe.seed)
-        texts = list(corpus(rng, self.recipe.tokenizer_episodes, self.recipe.tokenizer_dialogues))
-        tok = train_tokenizer(texts, self.recipe.tokenizer_vocab, preset(self.recipe.preset).template)
+        if self.start_from is not None:   # the model the run starts from was trained with its own
+            tok = AutoTokenizer.from_pretrained(self.start_from)
+        else:
+            rng = np.random.default_rng(self.recipe.seed)
+            texts = list(corpus(rng, self.recipe.tokenizer_episodes, self.recipe.tokenizer_dialogues))
+            tok = train_tokenizer(texts, self.recipe.tokenizer_vocab, preset(self.recipe.preset).template)
         if self.main:
             tok.save_pretrained(folder)
         return tok
@@ -427,12 +424,13 @@ class Run:
                 load_weights(heads, ckpt / "heads.safetensors", allow_missing=("memory_probe.",))
             start_stage, start_step, elapsed = state["stage"], state["step"], state.get("elapsed", 0.0)
             self.log(f"resuming stage {start_stage} ({self.recipe.stages[start_stage].name}) at step {start_step}")
-        if state is None and self.start_from is not None:
+        starting_from_model = state is None and self.start_from is not None
+        if starting_from_model:
             start_stage = self.start_stage - 1
         for stage in self.recipe.stages[:start_stage]:  # grids that earlier stages switched to
             if stage.frames_grid:
                 set_frames_grid(model, stage.frames_grid)
-        if state is None and self.start_from is not None:
+        if starting_from_model:
             self._start_from_model(model, heads, start_stage)
         for s_idx in range(start_stage, len(self.recipe.stages)):
             stage = self.recipe.stages[s_idx]
