@@ -228,6 +228,13 @@ def _extent(size_name: str, frame_size: int) -> float:
     return 1.25 * object_radius(size_name, frame_size) + 0.5
 
 
+def object_box(obj: dict, frame_size: int) -> tuple[float, float, float, float]:
+    """The square (x0, y0, x1, y1), in fractions of the frame, that holds the object ``obj``."""
+    ext = _extent(obj["size"], frame_size)
+    return tuple(min(max(v / frame_size, 0.0), 1.0)
+                 for v in (obj["x"] - ext, obj["y"] - ext, obj["x"] + ext, obj["y"] + ext))
+
+
 def _colour_rgb(name: str) -> tuple[int, int, int]:
     return COLOURS[name]
 
@@ -929,13 +936,15 @@ def _single_text(attr: str, shape: str | None, k: int) -> str:
     return f"what colour is the {shape} in image {k + 1}?"
 
 
-def _compare_options(states: list[dict]) -> list[tuple[str, str, list[int]]]:
+def _compare_options(states: list[dict]) -> list[tuple[str, str, list[int], list]]:
+    """(question, answer, images it refers to, what the answer is read from: [image, shape or None])."""
     options = []
     counts = [len(s["objects"]) for s in states]
     best = max(counts)
     if counts.count(best) == 1:
         k = counts.index(best)
-        options.append(("which image has more objects?", f"image {k + 1}.", list(range(len(states)))))
+        everything = [[j, None] for j in range(len(states))]
+        options.append(("which image has more objects?", f"image {k + 1}.", list(range(len(states))), everything))
     where: dict[tuple[str, str], list[int]] = {}
     for k, s in enumerate(states):
         for obj in s["objects"]:
@@ -943,11 +952,12 @@ def _compare_options(states: list[dict]) -> list[tuple[str, str, list[int]]]:
     for (colour, shape), ks in sorted(where.items()):
         if len(ks) == 1:
             options.append((f"which image has {article(colour)} {colour} {shape}?", f"image {ks[0] + 1}.",
-                            list(range(len(states)))))
+                            list(range(len(states))), [[ks[0], shape]]))
     for a in range(len(states)):
         for b in range(a + 1, len(states)):
             same = "yes." if states[a]["room"] == states[b]["room"] else "no."
-            options.append((f"do image {a + 1} and image {b + 1} have the same room colour?", same, [a, b]))
+            options.append((f"do image {a + 1} and image {b + 1} have the same room colour?", same, [a, b],
+                            [[a, None], [b, None]]))
     return options
 
 
@@ -990,7 +1000,7 @@ def generate_multi_image(seed: int, n_images: int | None = None, config: WorldCo
             options = [o for o in _compare_options(states) if o[0] not in asked]
             if not options:
                 continue
-            question, answer, refers = options[int(rng.integers(len(options)))]
+            question, answer, refers, about = options[int(rng.integers(len(options)))]
             previous = None
         else:
             if kind == "followup":
@@ -1011,7 +1021,8 @@ def generate_multi_image(seed: int, n_images: int | None = None, config: WorldCo
             asked.add(_single_text(attr, shape, k))
             question = _single_text(attr, shape, k) if kind == "single" else f"and in image {k + 1}?"
             answer, refers, previous = _attribute(attr, shape, states[k]), [k], (attr, shape)
+            about = [[k, shape]]
         asked.add(question)
         turns.append({"question": question, "answer": answer, "kind": kind,
-                      "images": list(range(n_images)) if not turns else [], "refers": refers})
+                      "images": list(range(n_images)) if not turns else [], "refers": refers, "about": about})
     return MultiImageSet(seed, cfg, states, turns)

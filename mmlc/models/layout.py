@@ -59,6 +59,7 @@ class Question:
 
     text: str
     answer: str | None = None
+    look: list | None = None      # training only: where the answer is read from, see :data:`Look`
 
 
 @dataclass
@@ -68,6 +69,15 @@ class Turn:
 
     parts: list
     answer: str | None = None
+    look: list | None = None      # training only: where the answer is read from, see :data:`Look`
+
+
+# ``look`` of a Question or Turn (training only, for the addressing loss of ``mmlc.train.look``): a list of
+# ``(index, box)``, the frame (Frame.index), chat image (its int in Turn.parts) or ``("memory", k)`` (the
+# memory tokens of the timeline's k-th Memory item) the answer is read from and, within a picture, ``box = (x0, y0, x1, y1)`` in fractions of the picture (the object asked about) or
+# None (the whole picture: its room, its count). :meth:`StreamLayout.build` turns each into
+# :attr:`Chunk.looks`.
+Look = list
 
 
 @dataclass
@@ -91,6 +101,11 @@ class Chunk:
     kinds: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     tags: list[int] | None = None
+    # built timelines only: per answer with a ``look``, (the positions that predict its tokens, the
+    # pictures it is read from as (first placeholder position, placeholder count, box or None), kind):
+    # kind "answer"; in chat also "name" (the number token that names image k -> image k) and "via"
+    # (the answer -> that number token)
+    looks: list | None = None
 
     def extend(self, other: "Chunk") -> "Chunk":
         if self.tags is not None or other.tags is not None:
@@ -220,10 +235,49 @@ class StreamLayout:
         """
         seq = self.prefix(system) if with_prefix else Chunk()
         previous = None
+        placed: dict = {}   # frame / image index, or ("memory", k), -> (first placeholder, count)
+        looks: list = []
+        n_memories = 0
+
+        def add(chunk: Chunk) -> None:
+            base, n_seen = len(seq), 0
+            seq.extend(chunk)
+            if chunk.frames:   # the placeholders of each picture, in the order of chunk.frames
+                slots = [base + i for i, t in enumerate(chunk.ids) if t == self.frame_id]
+                per = len(slots) // len(chunk.frames)
+                for j, index in enumerate(chunk.frames):
+                    placed[index] = (slots[n_seen], per)
+                    n_seen += per
+
+        def add_answer(text: str, look: list | None, asked: tuple[int, int] | None = None) -> None:
+            start, chunk = len(seq), self.answer(text)
+            add(chunk)
+            if look:
+                missing = [i for i, _ in look if i not in placed]
+                if missing:
+                    raise ValueError(f"look names pictures {missing} that no earlier item of the timeline shows")
+                queries = list(range(start - 1, start + max(len(chunk) - 1, 1) - 1))   # predict its tokens, not {end}
+                looks.append((queries, [(*placed[i], box) for i, box in look], "answer"))
+                if asked is not None:
+                    _name_looks(queries, look, asked)
+
+        def _name_looks(queries: list[int], look: list, asked: tuple[int, int]) -> None:
+            """Chat: where the user's text names image k ("... in image 3?"), the number token looks at
+            image k ("name"), and the answer looks at that number token ("via")."""
+            a, b = asked
+            for index, _ in look:
+                if not isinstance(index, int):
+                    continue
+                tag = self.image_tag(index)
+                named = [p for p in range(a, b) if seq.ids[p] == tag]
+                if named:
+                    looks.append(([named[-1]], [(*placed[index], None)], "name"))
+                    looks.append((queries, [(named[-1], 1, None)], "via"))
+
         for pos, item in enumerate(items):
             if isinstance(item, Frame):
                 nxt = items[pos + 1] if pos + 1 < len(items) else None
-                seq.extend(self.frame(item.index, isinstance(previous, Frame), speak=isinstance(nxt, Reply)))
+                add(self.frame(item.index, isinstance(previous, Frame), speak=isinstance(nxt, Reply)))
             elif isinstance(item, Reply):
                 if not isinstance(previous, Frame):
                     raise ValueError("a Reply must follow a Frame (the model speaks after a frame)")
@@ -231,17 +285,22 @@ class StreamLayout:
             elif isinstance(item, Question):
                 seq.extend(self.question_prompt(item.text))
                 if item.answer is not None:
-                    seq.extend(self.answer(item.answer))
+                    add_answer(item.answer, item.look)
             elif isinstance(item, Turn):
-                seq.extend(self.user_turn(item.parts))
+                asked = len(seq)
+                add(self.user_turn(item.parts))
                 if item.answer is not None:
-                    seq.extend(self.answer(item.answer))
+                    add_answer(item.answer, item.look, (asked, len(seq)))
             elif isinstance(item, Memory):
+                placed[("memory", n_memories)] = (len(seq), self.memory_tokens if item.n is None else item.n)
+                n_memories += 1
                 seq.extend(self.memory_block(item.n, item.recap))
             else:
                 raise TypeError(f"unknown timeline item {item!r}")
             previous = item
-        return _shift(seq)
+        out = _shift(seq)
+        out.looks = looks or None
+        return out
 
 
 def _unlabelled(ids: list[int]) -> Chunk:

@@ -54,6 +54,20 @@ class Example:
     memory_spans: list = field(default_factory=list)
 
 
+def _object_look(state: dict, shape: str | None, frame_size: int):
+    """The box of the object of shape ``shape`` in ``state`` (None: no shape named, or none there)."""
+    obj = next((o for o in state["objects"] if o["shape"] == shape), None) if shape else None
+    return None if obj is None else sw.object_box(obj, frame_size)
+
+
+def state_look(state: dict, question: str, index: int, frame_size: int) -> list:
+    """The ``look`` of a state question asked at frame ``index``: the named object's box for "what
+    colour is the X?" / "how big is the X?", else the whole frame."""
+    shape = next((o["shape"] for o in state["objects"]
+                  if question in (f"what colour is the {o['shape']}?", f"how big is the {o['shape']}?")), None)
+    return [(index, _object_look(state, shape, frame_size))]
+
+
 def training_world(rng: np.random.Generator, duration: float | None = None) -> sw.WorldConfig:
     """The world the tiny model trains on: 60-120 s episodes at 2 fps, 64 px, a needle 1 in 4."""
     dur = float(duration if duration is not None else rng.choice([60.0, 90.0, 120.0]))
@@ -71,7 +85,8 @@ def align_example(rng: np.random.Generator) -> Example:
     items: list = [Frame(0), Reply(sw.describe_state(state))]
     qs = sw.state_questions(state)
     for k in rng.permutation(len(qs))[: int(rng.integers(1, 3))]:
-        items.append(Question(*qs[int(k)]))
+        q, a = qs[int(k)]
+        items.append(Question(q, a, look=state_look(state, q, 0, ep.config.size)))
     return Example(items, ep.frame(i)[None], ep.frame(max(i - 1, 0)), decisions=False, meta={"stage": "align"})
 
 
@@ -118,7 +133,8 @@ def multi_image_example(rng: np.random.Generator, n_turns: tuple[int, int] | Non
     items = []
     for j, turn in enumerate(mi.turns):
         parts = turn_parts(turn["question"], len(mi.images) if j == 0 else 0)
-        items.append(Turn(parts, turn["answer"]))
+        look = [(k, _object_look(mi.states[k], shape, mi.config.size)) for k, shape in turn["about"]]
+        items.append(Turn(parts, turn["answer"], look=look))
     frames = np.stack(mi.images)
     return Example(items, frames, frames[0], decisions=False, still=True, meta={"stage": "chat", "seed": mi.seed})
 
@@ -147,9 +163,10 @@ def qa_stream_example(rng: np.random.Generator) -> Example:
         k = frame_pos[n] + 1
         if k < len(items) and isinstance(items[k], Reply):
             k += 1
-        qs = sw.state_questions(ep.states[start + int(n)])
+        state = ep.states[start + int(n)]
+        qs = sw.state_questions(state)
         q, a = qs[int(rng.integers(len(qs)))]
-        items.insert(k, Question(q, a))
+        items.insert(k, Question(q, a, look=state_look(state, q, int(n), ep.config.size)))
     frames = np.stack([ep.frame(i) for i in range(start, start + length)])
     return Example(items, frames, ep.frame(max(start - 1, 0)), meta={"stage": "qa", "seed": ep.seed})
 
@@ -193,7 +210,7 @@ def memory_stream_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_
     start, end = spans[k]
     stop = int(rng.integers(min(start + 8, end), end + 1))
     current = timeline(truth, start, stop, seen_from=0.0)
-    _add_memory_questions(rng, ep, truth, current, start, int(rng.integers(1, 4)))
+    _add_memory_questions(rng, ep, truth, current, start, int(rng.integers(1, 4)), spans[:k])
     return _memory_example(ep, truth, spans[:k], current, start, stop, "memory")
 
 
@@ -209,19 +226,45 @@ def _memory_example(ep: sw.Episode, truth: dict, closed: list[tuple[int, int]], 
                          "memory_targets": [memory_targets(ep, truth, a, b) for a, b in closed]})
 
 
-def _memory_qa(ep: sw.Episode, truth: dict, f: int) -> list[tuple[str, str]]:
-    """Every question at frame ``f`` that needs the memory: the needle once it has gone, the previous
-    room and each of its objects' colours."""
+def _memory_qa(ep: sw.Episode, truth: dict, f: int, closed: list[tuple[int, int]]) -> list[tuple[str, str, list]]:
+    """Every question at frame ``f`` that needs the memory, with its ``look`` (the Memory item, one per
+    span of ``closed``, that holds the answer): the needle once it has gone, the previous room and
+    each of its objects' colours."""
     asked = []
     if truth["needles"] and truth["needles"][0]["frame_end"] <= f:
-        asked.append((sw.NEEDLE_QUESTION, sw.needle_answer(truth["needles"][0])))
+        needle = truth["needles"][0]
+        asked.append((sw.NEEDLE_QUESTION, sw.needle_answer(needle), _needle_look(needle, closed)))
     scene = ep.states[f]["scene"]
     if scene >= 1:
-        previous = ep.states[int(truth["scenes"][scene]["start_frame"]) - 1]
-        asked.append(("what colour was the room before?", f"{previous['room']}."))
-        asked += [(f"what colour was the {o['shape']} in the previous scene?", f"{o['colour']}.")
+        scene_start = int(truth["scenes"][scene]["start_frame"])
+        previous = ep.states[scene_start - 1]
+        look = _previous_scene_look(closed, scene_start)
+        asked.append(("what colour was the room before?", f"{previous['room']}.", look))
+        asked += [(f"what colour was the {o['shape']} in the previous scene?", f"{o['colour']}.", look)
                   for o in previous["objects"]]
     return asked
+
+
+def _needle_look(needle: dict, closed: list[tuple[int, int]], start: int | None = None, stop: int = 0) -> list:
+    """Where a needle question is answered from: the Memory items (one per span of ``closed``) and the
+    frames of the current crop [start, stop) that showed the needle."""
+    a0, b0 = needle["frame_start"], needle["frame_end"]
+    look = [(("memory", j), None) for j, (a, b) in enumerate(closed) if a < b0 and a0 < b]
+    if start is not None:
+        look += [(i - start, None) for i in range(max(a0, start), min(b0, stop))]
+    return look
+
+
+def _previous_scene_look(closed: list[tuple[int, int]], scene_start: int) -> list:
+    """The Memory item of the span that ended the previous scene (none when it is not a memory)."""
+    return [(("memory", j), None) for j, (a, b) in enumerate(closed) if b == scene_start]
+
+
+def _state_qa(ep: sw.Episode, f: int, index: int, rng: np.random.Generator) -> tuple[str, str, list]:
+    """One state question at frame ``f`` (Frame item ``index``), with its look."""
+    qs = sw.state_questions(ep.states[f])
+    q, a = qs[int(rng.integers(len(qs)))]
+    return q, a, state_look(ep.states[f], q, index, ep.config.size)
 
 
 MEMORY_TARGETS = {"needle_shape": 1 + len(sw.NEEDLE_SHAPES), "needle_colour": 1 + len(sw.COLOURS),
@@ -256,9 +299,8 @@ def memory_align_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_F
     k = int(rng.integers(1, len(spans))) if len(spans) > 1 else 0
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 5)))
-    asked = _memory_qa(ep, truth, stop - 1)
-    qs = sw.state_questions(ep.states[stop - 1])
-    asked.append(qs[int(rng.integers(len(qs)))])
+    asked = _memory_qa(ep, truth, stop - 1, spans[:k])
+    asked.append(_state_qa(ep, stop - 1, stop - 1 - start, rng))
     order = rng.permutation(len(asked))[: int(rng.integers(2, 5))]
     current = timeline(truth, start, stop, questions=False) + [Question(*asked[int(j)]) for j in order]
     return _memory_example(ep, truth, spans[:k], current, start, stop, "memalign")
@@ -279,9 +321,8 @@ def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FR
     k = len(spans) - 1
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 7)))
-    asked = _memory_qa(ep, truth, stop - 1)
-    qs = sw.state_questions(ep.states[stop - 1])
-    asked.append(qs[int(rng.integers(len(qs)))])
+    asked = _memory_qa(ep, truth, stop - 1, spans[:k])
+    asked.append(_state_qa(ep, stop - 1, stop - 1 - start, rng))
     if asked[0][0] == sw.NEEDLE_QUESTION:      # the needle question always, two others at random
         keep = [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[:2]]
     else:
@@ -343,10 +384,12 @@ def dialogues_example(rng: np.random.Generator) -> Example:
                 memory_align_example)
 
 
-def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int) -> None:
+def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int,
+                          closed: list[tuple[int, int]] = ()) -> None:
     """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
     needle question once the needle has gone, a question about the previous room when there was one,
-    else a question about the state now."""
+    else a question about the state now; each with its look (``closed``: the spans of the Memory items
+    before ``items``)."""
     frame_pos = [k for k, it in enumerate(items) if isinstance(it, Frame)]
     needle_end = truth["needles"][0]["frame_end"] if truth["needles"] else None
     room_starts = [int(s["start_frame"]) for s in truth["scenes"]]
@@ -356,18 +399,21 @@ def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: 
         state = ep.states[f]
         options = []
         if needle_end is not None and f >= needle_end:
-            options.append((sw.NEEDLE_QUESTION, sw.needle_answer(truth["needles"][0])))
+            options.append((sw.NEEDLE_QUESTION, sw.needle_answer(truth["needles"][0]),
+                            _needle_look(truth["needles"][0], list(closed), start, f + 1)))
         scene = state["scene"]
         if scene >= 1:
-            options.append(sw.memory_question(rng, ep.states[room_starts[scene] - 1]))
+            options.append((*sw.memory_question(rng, ep.states[room_starts[scene] - 1]),
+                            _previous_scene_look(list(closed), room_starts[scene])))
         if not options or rng.random() < 0.2:
             qs = sw.state_questions(state)
-            options = [qs[int(rng.integers(len(qs)))]]
-        q, a = options[int(rng.integers(len(options)))]
+            q, a = qs[int(rng.integers(len(qs)))]
+            options = [(q, a, state_look(state, q, int(idx), ep.config.size))]
+        q, a, look = options[int(rng.integers(len(options)))]
         k = frame_pos[idx] + 1
         while k < len(items) and not isinstance(items[k], Frame):
             k += 1
-        items.insert(k, Question(q, a))
+        items.insert(k, Question(q, a, look=look))
 
 
 def memory_example(rng: np.random.Generator) -> Example:

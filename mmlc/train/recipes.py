@@ -39,11 +39,19 @@ class Stage:
     # the frozen tower's dtype in this stage ("": the recipe's frozen_tower_dtype): a stage appended to
     # a recipe that trained in float32 can take bfloat16's speed without changing the recipe's earlier stages
     tower_dtype: str = ""
+    # the addressing loss (mmlc.train.look): heads "LAYER.HEAD" whose attention at the positions that
+    # predict an answer is taught to fall on what the answer is read from (the image a chat turn
+    # names, the cells of the object a question names), weighted by look_weight
+    look_heads: list[str] = field(default_factory=list)
+    look_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tower_dtype not in ("", "float32", "bfloat16", "float16"):
             raise ConfigError(f"Stage('{self.name}', tower_dtype={self.tower_dtype!r}): use '', 'float32', "
                               "'bfloat16' or 'float16'")
+        if bool(self.look_heads) != (self.look_weight > 0):
+            raise ConfigError(f"Stage('{self.name}', look_heads={self.look_heads!r}, look_weight={self.look_weight}): "
+                              "give both (heads and a weight > 0) or neither")
         if self.frames_grid and self.name == "vision":
             raise ConfigError("Stage('vision', frames_grid=...): the vision stage's heads read the preset's grid; "
                               "change the grid in a later (LM) stage")

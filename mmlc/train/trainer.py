@@ -36,6 +36,7 @@ from mmlc.models.layout import DECISION, IGNORE, TEXT
 from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
+from mmlc.train.look import KINDS as LOOK_KINDS, AttentionTap, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
 from mmlc.train.vision_aux import aux_loss, make_heads, map_side, sample_pairs
 
@@ -84,6 +85,14 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
     if fc.chat_grid != fc.grid and any(e.still for e in examples):
         batch["image_rows"] = torch.tensor([e.still for e, px in zip(examples, per_example) for _ in range(len(px))],
                                            device=dev)
+    for kind in LOOK_KINDS:   # the addressing loss's targets (mmlc.train.look), used by stages with look_heads
+        looks = [(b, look_targets(s.looks, width, fc.pooled, kind)) for b, s in enumerate(seqs) if s.looks]
+        looks = [(b, (q, k)) for b, (q, k) in looks if q]
+        if looks:
+            batch.setdefault("looks", {})[kind] = (
+                torch.tensor([b for b, (q, _) in looks for _ in q], dtype=torch.long, device=dev),
+                torch.tensor([i for _, (q, _) in looks for i in q], dtype=torch.long, device=dev),
+                torch.cat([k for _, (_, k) in looks]).to(dev))
     if any(memory_spans):
         batch["frame_rows"] = torch.tensor(frame_rows, device=dev)
         batch["memory_spans"] = memory_spans
@@ -133,13 +142,16 @@ def _pixels(model, e: ex.Example) -> torch.Tensor:
 
 
 def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False,
-            probe: "MemoryProbe | None" = None, tower_dtype: str | None = None) -> tuple[dict, torch.Tensor]:
+            probe: "MemoryProbe | None" = None, tower_dtype: str | None = None,
+            look_heads: list[tuple[str, int, int]] = (), look_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
     """Forward + LIVE loss on a batch; returns (loss parts, logits).
 
     Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
     logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation. With a ``probe`` and
     memory targets in the batch, the probe's loss on the bridge memories is added (``memory_probe_loss``).
-    ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed).
+    ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed). ``look_heads``
+    ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing loss of :mod:`mmlc.train.look` on the
+    batch's look targets (``look_loss``, and ``look_mass``: their mean attention on the targets).
     """
     image_rows = batch.get("image_rows")
     if train_vision:
@@ -163,10 +175,15 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
             parts["memory_probe_loss"], parts["probe_right"] = probe(raw, batch["memory_targets"])
         return parts, out.logits
     embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
-    hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+    looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
+    with AttentionTap(model.lm, [layer for _, layer, _ in look_heads] if looking else []) as tap:
+        hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
     parts = model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep])
+    if looking:
+        parts["look_loss"], parts["look_mass"] = look_loss(model.lm, tap, list(look_heads), batch)
+        parts["loss"] = parts["loss"] + look_weight * parts["look_loss"]
     if probe is not None and raw is not None and "memory_targets" in batch:
         parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
         parts["loss"] = parts["loss"] + parts["memory_probe_loss"]
@@ -495,6 +512,8 @@ class Run:
         log_file = self.out / "metrics.jsonl"
         side = map_side(model) if vision else 0
         ema = None
+        lm_cfg = model.lm.config
+        look_heads = parse_heads(stage.look_heads, lm_cfg.num_hidden_layers, lm_cfg.num_attention_heads)
         _train_mode(model, vision)
         for step in range(step0, stage.steps):
             rng = np.random.default_rng([self.recipe.seed, s_idx, step, self.acc.process_index])
@@ -507,7 +526,8 @@ class Run:
             else:
                 batch = collate(model, draw_batch(model, stage, rng))
                 parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
-                                   tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype)
+                                   tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype,
+                                   look_heads=look_heads, look_weight=stage.look_weight)
                 loss = parts["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,152 @@
+"""The addressing loss: teach chosen attention heads to read an answer from what it is about.
+
+mmlc-tiny's 4-layer LM reads the tower's features well enough to narrate, but answers "what colour
+is the room in image 3?" from another image about half the time with 3-4 images, and "what colour
+is the square?" from another object: at the position that predicts such an answer no head of the
+stage-13 model weighs the named image more than the others (README, stage 14), although a linear
+probe reads shape, colour and size from each frame token at 0.95-0.99. Finding what a question names
+is a lookup the LM learns slowly from the answer's cross-entropy alone.
+
+Training examples know where each answer is read from (ShapeWorld's ground truth: the image a chat
+turn names, the cells of the 4x4 grid that hold the object a question names; the layout's
+``look``, resolved to placeholder positions by :meth:`StreamLayout.build` and to key positions by
+:func:`look_targets`). This loss supervises the attention of a few heads at the positions that
+predict the answer: ``-log`` of the attention mass those heads give to the target tokens (the
+supervised-attention losses of e.g. Liu et al. 2016, "Neural Machine Translation with Supervised
+Attention", applied to a decoder's self-attention). Nothing changes at inference: the heads are
+ordinary heads that have learnt where to look.
+
+The attention of one head is recomputed from the layer's input (captured by a forward pre-hook), with
+the layer's own projections and rotary embedding, only at the supervised query positions: the same
+numbers the layer's attention computes (tested against eager attention), at a small cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmlc.errors import ConfigError
+
+
+KINDS = ("answer", "name", "via")
+
+
+def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[str, int, int]]:
+    """``["2.0", "name:0.1"]`` -> [("answer", 2, 0), ("name", 0, 1)]: the kind of look a head is
+    taught (:attr:`Chunk.looks`; no prefix = "answer"), its layer and head, checked against the LM."""
+    out = []
+    for spec in specs:
+        kind, _, where = str(spec).rpartition(":")
+        kind = kind or "answer"
+        try:
+            layer, head = (int(v) for v in where.split("."))
+        except ValueError:
+            raise ConfigError(f"look head {spec!r}: write it as [KIND:]LAYER.HEAD, e.g. '3.0' or 'name:0.1'") from None
+        if kind not in KINDS:
+            raise ConfigError(f"look head {spec!r}: the kind must be one of {', '.join(KINDS)}")
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ConfigError(f"look head {spec!r}: this LM has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}")
+        out.append((kind, layer, head))
+    return out
+
+
+def look_targets(looks: list, width: int, pooled: bool, kind: str = "answer") -> tuple[list[int], torch.Tensor]:
+    """One example's :attr:`Chunk.looks` of one kind -> (query positions, key mask (N, width) bool): per
+    query the placeholder positions of the pictures its answer is read from, and within a box only the
+    grid cells that overlap it (a picture of ``n`` placeholders is [pooled] + g x g cells, row-major)."""
+    queries, rows = [], []
+    for positions, pictures, what in looks:
+        if what != kind:
+            continue
+        keys = torch.zeros(width, dtype=torch.bool)
+        for start, n, box in pictures:
+            cells = n - int(pooled)
+            g = math.isqrt(cells)
+            if box is None or g * g != cells or g == 0:
+                keys[start:start + n] = True
+                continue
+            x0, y0, x1, y1 = box
+            c0, c1 = min(int(x0 * g), g - 1), min(int(x1 * g), g - 1)
+            r0, r1 = min(int(y0 * g), g - 1), min(int(y1 * g), g - 1)
+            for r in range(r0, r1 + 1):
+                for c in range(c0, c1 + 1):
+                    keys[start + int(pooled) + r * g + c] = True
+        for q in positions:
+            queries.append(q)
+            rows.append(keys)
+    return queries, torch.stack(rows) if rows else torch.zeros((0, width), dtype=torch.bool)
+
+
+class AttentionTap:
+    """Keeps the input (hidden states, rotary cos/sin) of the attention of the given layers during a
+    forward: ``with AttentionTap(lm, [2, 3]) as tap: ...; tap.inputs[2]``."""
+
+    def __init__(self, lm, layers: list[int]):
+        self.layers = lm.get_decoder().layers
+        self.wanted = sorted(set(layers))
+        self.inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._handles = []
+
+    def __enter__(self) -> "AttentionTap":
+        for i in self.wanted:
+            def keep(module, args, kwargs, i=i):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                self.inputs[i] = (hidden, kwargs["position_embeddings"])
+            self._handles.append(self.layers[i].self_attn.register_forward_pre_hook(keep, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al., RoFormer) in the half-split layout Llama uses."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def head_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head: int,
+                   rows: torch.Tensor, queries: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities (N, L) of head ``head`` of Llama attention module ``attn`` at the query
+    positions ``(rows[n], queries[n])``, over the keys of the same row (causal, padding masked)."""
+    d = attn.head_dim
+    cos, sin = (t.expand(hidden.shape[0], -1, -1) for t in (cos, sin))   # (1, L, d) when rows share positions
+    kv_head = head // attn.num_key_value_groups
+    wq = attn.q_proj.weight[head * d:(head + 1) * d]
+    wk = attn.k_proj.weight[kv_head * d:(kv_head + 1) * d]
+    bq = None if attn.q_proj.bias is None else attn.q_proj.bias[head * d:(head + 1) * d]
+    bk = None if attn.k_proj.bias is None else attn.k_proj.bias[kv_head * d:(kv_head + 1) * d]
+    q = _rotate(torch.nn.functional.linear(hidden[rows, queries], wq, bq), cos[rows, queries], sin[rows, queries])
+    k = _rotate(torch.nn.functional.linear(hidden, wk, bk), cos, sin)               # (B, L, d)
+    length = hidden.shape[1]
+    scores = q.new_zeros((len(rows), length))
+    for b in rows.unique().tolist():   # per batch row: no (N, L, d) copy of the keys
+        sel = rows == b
+        scores[sel] = q[sel] @ k[b].T
+    scores = scores * attn.scaling
+    allowed = (torch.arange(length, device=hidden.device)[None] <= queries[:, None]) & mask[rows].bool()
+    return torch.softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the supervised heads (whose kind of look the batch has) and their queries of
+    -log(attention mass on the target keys), and the mean mass itself (for the log)."""
+    losses, masses = [], []
+    for kind, layer, head in heads:
+        if kind not in batch["looks"]:
+            continue
+        rows, queries, keys = batch["looks"][kind]
+        hidden, (cos, sin) = tap.inputs[layer]
+        attn = lm.get_decoder().layers[layer].self_attn
+        p = head_attention(attn, hidden, cos, sin, head, rows, queries, batch["attention_mask"])
+        mass = (p * keys).sum(-1)
+        losses.append(-torch.log(mass.clamp_min(1e-6)).mean())
+        masses.append(mass.detach().mean())
+    if not losses:
+        return torch.zeros(()), torch.zeros(())
+    return torch.stack(losses).mean(), torch.stack(masses).mean()

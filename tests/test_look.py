@@ -1,0 +1,129 @@
+"""The addressing loss (mmlc.train.look): where answers are read from, the head's attention, training it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmlc.data import shapeworld as sw
+from mmlc.errors import ConfigError
+from mmlc.models.layout import Frame, Question, Reply, Turn
+from mmlc.train import examples as ex
+from mmlc.train import trainer
+from mmlc.train.look import AttentionTap, head_attention, look_targets, parse_heads
+from mmlc.train.recipes import Stage
+
+
+def test_build_places_looks_on_the_answer_and_the_named_picture(tiny_with):
+    model = tiny_with(**{"frames.image_grid": 2})
+    lay = model.layout
+    items = [Turn(["Image1: ", 0, " Image2: ", 1, " what colour is the room in image 2?"], "red.", look=[(1, None)]),
+             Turn(["and in image 1?"], "blue.", look=[(0, (0.0, 0.0, 0.4, 0.4))])]
+    seq = lay.build(items)
+    answers = [look for look in seq.looks if look[2] == "answer"]
+    assert len(answers) == 2
+    slots = [i for i, t in enumerate(seq.ids) if t == lay.frame_id]
+    per = lay.tokens_per_image
+    for (queries, pictures, _), answer, image in zip(answers, ("red.", "blue."), (1, 0)):
+        # the queries are exactly the positions whose targets are the answer's tokens (not {end})
+        assert [seq.labels[q] for q in queries] == lay.text_ids(answer)
+        assert seq.ids[queries[0]] == lay.assistant_id
+        assert pictures[0][:2] == (slots[image * per], per)
+        # the number that names the image in the question looks at it, and the answer at the number
+        (named,), name_pictures, _ = next(look for look in seq.looks if look[2] == "name" and
+                                          look[1][0][0] == slots[image * per])
+        assert seq.ids[named] == lay.image_tag(image) and named < queries[0]
+        assert named > max(slots)   # in the question text, not an "ImageK:" label
+        via = next(look for look in seq.looks if look[2] == "via" and look[0] == queries)
+        assert via[1] == [(named, 1, None)]
+    # a picture no earlier item shows is an error, not a silent miss
+    with pytest.raises(ValueError, match="no earlier item"):
+        lay.build([Frame(0), Question("what colour is the room?", "red.", look=[(3, None)])])
+
+
+def test_look_targets_cover_the_box_cells_only():
+    # one picture at positions 10..14: pooled token + 2x2 cells; a box in the top-right quarter
+    queries, keys = look_targets([([20, 21], [(10, 5, (0.6, 0.1, 0.9, 0.4))], "answer"),
+                                  ([3], [(0, 5, None)], "name")], width=30, pooled=True)
+    assert queries == [20, 21] and keys.shape == (2, 30)
+    assert keys[0].nonzero().flatten().tolist() == [10 + 1 + 0 * 2 + 1]
+    # a box across the middle takes every cell it overlaps; None takes the whole picture
+    _, keys = look_targets([([20], [(10, 5, (0.3, 0.3, 0.7, 0.45))], "answer"), ([25], [(0, 5, None)], "answer")],
+                           width=30, pooled=True)
+    assert keys[0].nonzero().flatten().tolist() == [11, 12]
+    assert keys[1].nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+    assert look_targets([([3], [(0, 5, None)], "name")], width=30, pooled=True, kind="name")[0] == [3]
+
+
+def test_training_examples_look_at_the_named_object():
+    """Chat turns look at the image they name (and the object's cells), state questions at the
+    current frame; the boxes hold the object the question names."""
+    rng = np.random.default_rng(3)
+    e = ex.multi_image_example(rng)
+    mi_turns = [i for i in e.items if isinstance(i, Turn)]
+    assert all(t.look for t in mi_turns)
+    for t in mi_turns:
+        for index, box in t.look:
+            assert 0 <= index < len(e.frames)
+            assert box is None or (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1)
+    state = {"objects": [{"shape": "square", "colour": "red", "size": "small", "x": 10.0, "y": 50.0, "moving": None}]}
+    (index, box), = ex.state_look(state, "what colour is the square?", 4, 64)
+    assert index == 4 and box[0] < 10 / 64 < box[2] and box[1] < 50 / 64 < box[3]
+    assert ex.state_look(state, "how many objects are there?", 4, 64) == [(4, None)]
+    assert sw.object_box(state["objects"][0], 64) == box
+
+
+def test_head_attention_equals_the_layers_own(tiny_with):
+    model = tiny_with(**{"frames.image_grid": 2})
+    model.lm.config._attn_implementation = "eager"
+    rng = np.random.default_rng(4)
+    batch = trainer.collate(model, [ex.multi_image_example(rng), ex.qa_stream_example(rng)])
+    rows, queries, keys = batch["looks"]["answer"]
+    assert keys.shape == (len(rows), batch["input_ids"].shape[1])
+    with torch.no_grad():
+        feats, image_feats = trainer._features(model, batch["pixels"], batch.get("image_rows"))
+        tokens = trainer._row_tokens(model, feats, image_feats, batch.get("image_rows"), None)
+        embeds = model.embed(batch["input_ids"], tokens, None, batch.get("tags"))
+        with AttentionTap(model.lm, [1]) as tap:
+            out = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                         output_attentions=True)
+        hidden, (cos, sin) = tap.inputs[1]
+        attn = model.lm.get_decoder().layers[1].self_attn
+        for head in range(model.lm.config.num_attention_heads):
+            mine = head_attention(attn, hidden, cos, sin, head, rows, queries, batch["attention_mask"])
+            theirs = out.attentions[1][rows, head, queries]
+            torch.testing.assert_close(mine, theirs.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_look_loss_moves_the_heads_attention(tiny_with):
+    """A few steps of the addressing loss raise the supervised head's mass on the targets; without it
+    the batch has no look loss."""
+    model = tiny_with(**{"frames.image_grid": 2})
+    rng = np.random.default_rng(5)
+    batch = trainer.collate(model, [ex.multi_image_example(rng), ex.qa_stream_example(rng)])
+    plain, _ = trainer.lm_step(model, batch)
+    assert "look_loss" not in plain
+    opt = torch.optim.AdamW(list(model.connector.parameters()) + list(model.lm.parameters()), lr=1e-2)
+    model.train()
+    masses = []
+    for _ in range(15):
+        parts, _ = trainer.lm_step(model, batch, look_heads=[("answer", 1, 0)], look_weight=1.0)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        masses.append(float(parts["look_mass"]))
+    assert masses[-1] > masses[0] + 0.2
+    torch.testing.assert_close(parts["loss"], parts["text_loss"] + model.config.stream_loss_weight * parts["stream_loss"]
+                               + parts["look_loss"])
+
+
+def test_look_heads_are_checked():
+    assert parse_heads(["1.0", "name:0.3"], 2, 4) == [("answer", 1, 0), ("name", 0, 3)]
+    for bad in (["2.0"], ["1.4"], ["1"], ["a.b"], ["where:1.0"]):
+        with pytest.raises(ConfigError, match="look head"):
+            parse_heads(bad, 2, 4)
+    with pytest.raises(ConfigError, match="give both"):
+        Stage("dialogues", steps=1, lr=1e-3, look_heads=["1.0"])
+    with pytest.raises(ConfigError, match="give both"):
+        Stage("dialogues", steps=1, lr=1e-3, look_weight=0.5)
