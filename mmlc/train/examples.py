@@ -384,6 +384,12 @@ def dialogues_example(rng: np.random.Generator) -> Example:
                 memory_align_example)
 
 
+def look_example(rng: np.random.Generator) -> Example:
+    """The ``look`` stage (the addressing loss, :mod:`mmlc.train.look`) trains on the ``dialogues`` mix:
+    every answer in it says where it is read from."""
+    return dialogues_example(rng)
+
+
 def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int,
                           closed: list[tuple[int, int]] = ()) -> None:
     """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
@@ -426,7 +432,8 @@ def memory_example(rng: np.random.Generator) -> Example:
 BUILDERS = {"align": align_example, "change": change_example, "stream": stream_example, "chat": chat_example,
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
             "long": long_example, "refresh": refresh_example, "final": final_example,
-            "tags": tags_example, "grid": grid_example, "dialogues": dialogues_example}
+            "tags": tags_example, "grid": grid_example, "dialogues": dialogues_example,
+            "look": look_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

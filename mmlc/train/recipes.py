@@ -135,6 +135,12 @@ def tiny() -> Recipe:
               eval_examples=32, frames_grid=4, fresh_words=["small", "large", "yes", "no"]),
         Stage("dialogues", steps=1000, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
               warmup=30, eval_examples=32, tower_dtype="bfloat16"),
+        # the addressing loss (mmlc.train.look): in chat the number that names image k learns to look at
+        # image k (layer 0 head 1), the answer at that number (layer 2 head 1), and every answer at
+        # what it is read from (layer 3 head 2); the same 300 steps without it: MMDU 0.670, with: 0.756
+        Stage("look", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
+              warmup=20, eval_examples=16, tower_dtype="bfloat16",
+              look_heads=["name:0.1", "via:2.1", "3.2"], look_weight=0.3),
     ])
 
 
