@@ -28,7 +28,7 @@ from mmlc.train.look import AttentionTap, head_attention, parse_heads
 
 @torch.no_grad()
 def masses(model, heads: list[tuple[str, int, int]], build, n: int, rng: np.random.Generator) -> dict[str, tuple[float, int]]:
-    batch = tr.collate(model, [build(rng) for _ in range(n)])
+    batch = tr.collate(model, [build(rng) for _ in range(n)], look_kinds={k for k, _, _ in heads})
     feats, image_feats = tr._features(model, batch["pixels"], batch.get("image_rows"))
     rows = batch.get("frame_rows")
     memory = tr.fold_memories(model, feats, batch["memory_spans"])[0] if rows is not None else None

@@ -78,7 +78,7 @@ def test_head_attention_equals_the_layers_own(tiny_with):
     model = tiny_with(**{"frames.image_grid": 2})
     model.lm.config._attn_implementation = "eager"
     rng = np.random.default_rng(4)
-    batch = trainer.collate(model, [ex.multi_image_example(rng), ex.qa_stream_example(rng)])
+    batch = trainer.collate(model, [ex.multi_image_example(rng), ex.qa_stream_example(rng)], look_kinds=["answer"])
     rows, queries, keys = batch["looks"]["answer"]
     assert keys.shape == (len(rows), batch["input_ids"].shape[1])
     with torch.no_grad():
@@ -101,7 +101,8 @@ def test_the_look_loss_moves_the_heads_attention(tiny_with):
     the batch has no look loss."""
     model = tiny_with(**{"frames.image_grid": 2})
     rng = np.random.default_rng(5)
-    batch = trainer.collate(model, [ex.multi_image_example(rng), ex.qa_stream_example(rng)])
+    batch = trainer.collate(model, [ex.multi_image_example(rng), ex.qa_stream_example(rng)], look_kinds=["answer"])
+    assert "looks" not in trainer.collate(model, [ex.multi_image_example(np.random.default_rng(5))])
     plain, _ = trainer.lm_step(model, batch)
     assert "look_loss" not in plain
     opt = torch.optim.AdamW(list(model.connector.parameters()) + list(model.lm.parameters()), lr=1e-2)

@@ -59,7 +59,7 @@ class Question:
 
     text: str
     answer: str | None = None
-    look: list | None = None      # training only: where the answer is read from, see :data:`Look`
+    look: list | None = None      # training only: where the answer is read from (see below)
 
 
 @dataclass
@@ -69,15 +69,14 @@ class Turn:
 
     parts: list
     answer: str | None = None
-    look: list | None = None      # training only: where the answer is read from, see :data:`Look`
+    look: list | None = None      # training only: where the answer is read from (see below)
 
 
-# ``look`` of a Question or Turn (training only, for the addressing loss of ``mmlc.train.look``): a list of
-# ``(index, box)``, the frame (Frame.index), chat image (its int in Turn.parts) or ``("memory", k)`` (the
-# memory tokens of the timeline's k-th Memory item) the answer is read from and, within a picture, ``box = (x0, y0, x1, y1)`` in fractions of the picture (the object asked about) or
-# None (the whole picture: its room, its count). :meth:`StreamLayout.build` turns each into
-# :attr:`Chunk.looks`.
-Look = list
+# ``look`` of a Question or Turn (training only, for the addressing loss of ``mmlc.train.look``): a list
+# of ``(index, box)``, the frame (Frame.index), chat image (its int in Turn.parts) or ``("memory", k)``
+# (the memory tokens of the timeline's k-th Memory item) the answer is read from and, within a
+# picture, ``box = (x0, y0, x1, y1)`` in fractions of the picture (the object asked about) or None
+# (the whole picture: its room, its count). :meth:`StreamLayout.build` turns each into :attr:`Chunk.looks`.
 
 
 @dataclass

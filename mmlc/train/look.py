@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers.models.llama.modeling_llama import rotate_half
 
 from mmlc.errors import ConfigError
 
@@ -104,10 +105,8 @@ class AttentionTap:
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (Su et al., RoFormer) in the half-split layout Llama uses."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    """Rotary position embedding as the Llama layer applies it (its ``rotate_half``), for one head."""
+    return x * cos + rotate_half(x) * sin
 
 
 def head_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head: int,
@@ -134,8 +133,8 @@ def head_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
 
 
 def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over the supervised heads (whose kind of look the batch has) and their queries of
-    -log(attention mass on the target keys), and the mean mass itself (for the log)."""
+    """Mean over the supervised heads (those whose kind of look the batch has; at least one) and their
+    queries of -log(attention mass on the target keys), and the mean mass itself (for the log)."""
     losses, masses = [], []
     for kind, layer, head in heads:
         if kind not in batch["looks"]:
@@ -147,6 +146,4 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
         mass = (p * keys).sum(-1)
         losses.append(-torch.log(mass.clamp_min(1e-6)).mean())
         masses.append(mass.detach().mean())
-    if not losses:
-        return torch.zeros(()), torch.zeros(())
     return torch.stack(losses).mean(), torch.stack(masses).mean()

@@ -36,7 +36,7 @@ from mmlc.models.layout import DECISION, IGNORE, TEXT
 from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
-from mmlc.train.look import KINDS as LOOK_KINDS, AttentionTap, look_loss, look_targets, parse_heads
+from mmlc.train.look import AttentionTap, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
 from mmlc.train.vision_aux import aux_loss, make_heads, map_side, sample_pairs
 
@@ -44,8 +44,10 @@ EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
 
 # ---------------------------------------------------------------------- batches
-def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
-    """Examples -> padded ids/labels/kinds (B, L), attention mask, and pixels (N, C, S, S)."""
+def collate(model, examples: list[ex.Example], look_kinds=()) -> dict[str, torch.Tensor]:
+    """Examples -> padded ids/labels/kinds (B, L), attention mask, and pixels (N, C, S, S); for each of
+    ``look_kinds`` that the examples have, ``batch["looks"][kind]`` = the addressing loss's targets
+    (rows, query positions, key mask; :func:`mmlc.train.look.look_targets`)."""
     lay = model.layout
     seqs = []
     for e in examples:
@@ -85,7 +87,7 @@ def collate(model, examples: list[ex.Example]) -> dict[str, torch.Tensor]:
     if fc.chat_grid != fc.grid and any(e.still for e in examples):
         batch["image_rows"] = torch.tensor([e.still for e, px in zip(examples, per_example) for _ in range(len(px))],
                                            device=dev)
-    for kind in LOOK_KINDS:   # the addressing loss's targets (mmlc.train.look), used by stages with look_heads
+    for kind in look_kinds:
         looks = [(b, look_targets(s.looks, width, fc.pooled, kind)) for b, s in enumerate(seqs) if s.looks]
         looks = [(b, (q, k)) for b, (q, k) in looks if q]
         if looks:
@@ -150,8 +152,9 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation. With a ``probe`` and
     memory targets in the batch, the probe's loss on the bridge memories is added (``memory_probe_loss``).
     ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed). ``look_heads``
-    ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing loss of :mod:`mmlc.train.look` on the
-    batch's look targets (``look_loss``, and ``look_mass``: their mean attention on the targets).
+    ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing
+    loss of :mod:`mmlc.train.look` on the batch's look targets (``look_loss``, and ``look_mass``:
+    their mean attention on the targets).
     """
     image_rows = batch.get("image_rows")
     if train_vision:
@@ -524,7 +527,7 @@ class Run:
                 loss, _ = aux_loss(model, heads, prevs, curs, labels)
                 parts = {"loss": loss}
             else:
-                batch = collate(model, draw_batch(model, stage, rng))
+                batch = collate(model, draw_batch(model, stage, rng), look_kinds={k for k, _, _ in look_heads})
                 parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
                                    tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype,
                                    look_heads=look_heads, look_weight=stage.look_weight)
