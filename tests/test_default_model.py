@@ -24,6 +24,9 @@ def test_default_model_loads_offline(model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert model.config.name == "tiny" and model.device.type == "cpu"
     assert 1e6 < model.num_parameters() < 2e7
+    # by its name too (as --model mmlc-tiny on the command line): the same weights
+    named = mmlc.load("mmlc-tiny")
+    assert all(bool((a == b).all()) for a, b in zip(named.state_dict().values(), model.state_dict().values()))
 
 
 def test_narrates_a_generated_video_file(model, tmp_path):

@@ -37,6 +37,10 @@ def test_build_places_looks_on_the_answer_and_the_named_picture(tiny_with):
         assert named > max(slots)   # in the question text, not an "ImageK:" label
         via = next(look for look in seq.looks if look[2] == "via" and look[0] == queries)
         assert via[1] == [(named, 1, None)]
+        # where the turn names an object of the image (a box), the number token also looks at its cells
+        obj = [look for look in seq.looks if look[2] == "obj" and look[0] == [named]]
+        assert obj == ([] if pictures[0][2] is None else [([named], [(*pictures[0][:2], pictures[0][2])], "obj")])
+    assert sum(look[2] == "obj" for look in seq.looks) == 1
     # a picture no earlier item shows is an error, not a silent miss
     with pytest.raises(ValueError, match="no earlier item"):
         lay.build([Frame(0), Question("what colour is the room?", "red.", look=[(3, None)])])

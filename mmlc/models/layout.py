@@ -102,8 +102,9 @@ class Chunk:
     tags: list[int] | None = None
     # built timelines only: per answer with a ``look``, (the positions that predict its tokens, the
     # pictures it is read from as (first placeholder position, placeholder count, box or None), kind):
-    # kind "answer"; in chat also "name" (the number token that names image k -> image k) and "via"
-    # (the answer -> that number token)
+    # kind "answer"; in chat also "name" (the number token that names image k -> image k), "obj" (that
+    # number token -> the cells of the object the question names in image k, where it names one) and
+    # "via" (the answer -> that number token)
     looks: list | None = None
 
     def extend(self, other: "Chunk") -> "Chunk":
@@ -262,15 +263,18 @@ class StreamLayout:
 
         def _name_looks(queries: list[int], look: list, asked: tuple[int, int]) -> None:
             """Chat: where the user's text names image k ("... in image 3?"), the number token looks at
-            image k ("name"), and the answer looks at that number token ("via")."""
+            image k ("name") and, where the question names an object of image k, at its cells ("obj");
+            the answer looks at that number token ("via")."""
             a, b = asked
-            for index, _ in look:
+            for index, box in look:
                 if not isinstance(index, int):
                     continue
                 tag = self.image_tag(index)
                 named = [p for p in range(a, b) if seq.ids[p] == tag]
                 if named:
                     looks.append(([named[-1]], [(*placed[index], None)], "name"))
+                    if box is not None:
+                        looks.append(([named[-1]], [(*placed[index], box)], "obj"))
                     looks.append((queries, [(named[-1], 1, None)], "via"))
 
         for pos, item in enumerate(items):

@@ -114,6 +114,8 @@ def load(name_or_path: str | os.PathLike | None = None, *, device=None, dtype=No
         if vision is None or lm is None:
             raise ConfigError("loading from transformers folders needs both vision=DIR and lm=DIR")
         return load_from_transformers(vision, lm, weights, device=device, dtype=dtype, **overrides)
+    if name_or_path == "mmlc-tiny" and not Path(name_or_path).exists():   # the embedded model by its name
+        name_or_path = None
     if name_or_path is None:
         if init == "random":
             return build(apply_overrides(preset("tiny"), overrides), device=device, dtype=dtype)
@@ -132,8 +134,9 @@ def load(name_or_path: str | os.PathLike | None = None, *, device=None, dtype=No
         return build(apply_overrides(preset(name_or_path), overrides), device=device, dtype=dtype)
     path = Path(name_or_path)
     if not path.exists():
-        raise CheckpointError(f"model '{name_or_path}' is neither a preset ({', '.join(sorted(PRESETS))}) nor an "
-                              "existing folder: pass a preset name or a folder written by save_pretrained")
+        raise CheckpointError(f"model '{name_or_path}' is neither a preset ({', '.join(sorted(PRESETS))}), "
+                              "'mmlc-tiny' (the embedded model) nor an existing folder: pass one of those or a "
+                              "folder written by save_pretrained")
     if init == "random":
         config = apply_overrides(read_config(path), overrides)
         return build(config, load_tokenizer(path), device=device, dtype=dtype)

@@ -31,7 +31,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 from mmlc.errors import ConfigError
 
 
-KINDS = ("answer", "name", "via")
+KINDS = ("answer", "name", "obj", "via")
 
 
 def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[str, int, int]]:
