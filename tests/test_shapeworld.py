@@ -18,6 +18,7 @@ from mmlc.data.shapeworld import (
     describe_state,
     generate_episode,
     generate_multi_image,
+    question_subject,
     render_state,
     state_questions,
 )
@@ -299,6 +300,13 @@ def test_qa_answers_match_the_states(episodes):
         for i in (0, 50, 100):
             for question, answer in state_questions(ep.states[i]):
                 assert answer == _expected_answer(ep, {"frame": i, "question": question})
+                # the object a question names is read back from its text (None for the whole frame)
+                subject = question_subject(ep.states[i], question)
+                if question.startswith(("what colour is the room", "how many", "what is moving")):
+                    assert subject is None
+                else:
+                    assert subject is not None and subject["shape"] in question
+                    assert answer == f"{subject['colour' if 'colour' in question else 'size']}."
 
 
 def test_needle_shown_at_depth_not_narrated_and_asked_after():

@@ -693,13 +693,29 @@ def _pick(rng: np.random.Generator, weighted: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
+# The state questions about one object, by the attribute they ask for (one template each: the
+# generators write them, question_subject reads them back)
+OBJECT_QUESTIONS: dict[str, str] = {"colour": "what colour is the {shape}?", "size": "how big is the {shape}?"}
+
+
+def _object_qa(attr: str, obj: dict) -> tuple[str, str]:
+    return OBJECT_QUESTIONS[attr].format(shape=obj["shape"]), f"{obj[attr]}."
+
+
+def question_subject(state: dict, question: str) -> dict | None:
+    """The object of ``state`` that a state question names ("what colour is the square?"), or None
+    for a question about the whole frame (the count, what is moving, the room)."""
+    return next((o for o in state["objects"] for t in OBJECT_QUESTIONS.values()
+                 if question == t.format(shape=o["shape"])), None)
+
+
 def state_questions(state: dict) -> list[tuple[str, str]]:
     """Every "state" question a single state answers, as (question, answer) pairs: the colour and the
     size of each object, the count, what is moving, the room."""
     pairs = []
     for obj in _left_to_right(state["objects"]):
-        pairs.append((f"what colour is the {obj['shape']}?", f"{obj['colour']}."))
-        pairs.append((f"how big is the {obj['shape']}?", f"{obj['size']}."))
+        pairs.append(_object_qa("colour", obj))
+        pairs.append(_object_qa("size", obj))
     pairs.append(("how many objects are there?", f"{_number(len(state['objects']))}."))
     pairs.append(("what is moving?", _moving_answer(state)))
     pairs.append(("what colour is the room?", f"{state['room']}."))
@@ -712,10 +728,7 @@ def _state_question(rng: np.random.Generator, state: dict) -> tuple[str, str]:
     kind = _pick(rng, {"colour": 0.25 if objects else 0.0, "count": 0.2, "moving": 0.6 if moving else 0.2,
                        "room": 0.15, "size": 0.15 if objects else 0.0})
     if kind in ("colour", "size"):
-        obj = objects[int(rng.integers(len(objects)))]
-        if kind == "colour":
-            return f"what colour is the {obj['shape']}?", f"{obj['colour']}."
-        return f"how big is the {obj['shape']}?", f"{obj['size']}."
+        return _object_qa(kind, objects[int(rng.integers(len(objects)))])
     if kind == "count":
         return "how many objects are there?", f"{_number(len(objects))}."
     if kind == "moving":

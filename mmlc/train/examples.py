@@ -63,9 +63,8 @@ def _object_look(state: dict, shape: str | None, frame_size: int):
 def state_look(state: dict, question: str, index: int, frame_size: int) -> list:
     """The ``look`` of a state question asked at frame ``index``: the named object's box for "what
     colour is the X?" / "how big is the X?", else the whole frame."""
-    shape = next((o["shape"] for o in state["objects"]
-                  if question in (f"what colour is the {o['shape']}?", f"how big is the {o['shape']}?")), None)
-    return [(index, _object_look(state, shape, frame_size))]
+    obj = sw.question_subject(state, question)
+    return [(index, None if obj is None else sw.object_box(obj, frame_size))]
 
 
 def training_world(rng: np.random.Generator, duration: float | None = None) -> sw.WorldConfig:
