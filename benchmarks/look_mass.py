@@ -25,29 +25,16 @@ import torch
 import mmlc
 from mmlc.train import examples as ex
 from mmlc.train import trainer as tr
-from mmlc.train.look import AttentionTap, head_attention, parse_heads
+from mmlc.train.look import parse_heads
 
 
 @torch.no_grad()
 def masses(model, heads: list[tuple[str, int, int]], build, n: int, rng: np.random.Generator) -> dict[str, tuple[float, int]]:
+    """Per head ``"KIND@LAYER.HEAD"``: its mean mass on its targets and its number of queries, over
+    ``n`` examples of ``build`` (the training step's own forward, :func:`mmlc.train.trainer.lm_step`)."""
     batch = tr.collate(model, [build(rng) for _ in range(n)], look_kinds={k for k, _, _ in heads})
-    feats, image_feats = tr._features(model, batch["pixels"], batch.get("image_rows"))
-    rows = batch.get("frame_rows")
-    memory = tr.fold_memories(model, feats, batch["memory_spans"])[0] if rows is not None else None
-    tokens = tr._row_tokens(model, feats, image_feats, batch.get("image_rows"), rows)
-    embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
-    layers = model.lm.get_decoder().layers
-    with AttentionTap(model.lm, list(range(len(layers)))) as tap:
-        model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
-    out = {}
-    for kind, layer, head in heads:
-        if kind not in batch.get("looks", {}):
-            continue
-        r, q, keys = batch["looks"][kind]
-        hidden, (cos, sin) = tap.inputs[layer]
-        p = head_attention(layers[layer].self_attn, hidden, cos, sin, head, r, q, batch["attention_mask"])
-        out[f"{kind}@{layer}.{head}"] = (round(float((p * keys).sum(-1).mean()), 3), len(r))
-    return out
+    parts, _ = tr.lm_step(model, batch, look_heads=heads, look_weight=1.0)
+    return {k: (round(m, 3), c) for k, (m, c) in parts.get("look_heads_mass", {}).items()}
 
 
 def main() -> None:

@@ -119,6 +119,9 @@ def test_the_look_loss_moves_the_heads_attention(tiny_with):
         opt.step()
         masses.append(float(parts["look_mass"]))
     assert masses[-1] > masses[0] + 0.2
+    # per head: its mass (the only head: the mean) and its number of queries (the answers' tokens)
+    ((name, (mass, n)),) = parts["look_heads_mass"].items()
+    assert name == "answer@1.0" and mass == pytest.approx(masses[-1]) and n == len(batch["looks"]["answer"][0])
     torch.testing.assert_close(parts["loss"], parts["text_loss"] + model.config.stream_loss_weight * parts["stream_loss"]
                                + parts["look_loss"])
 

@@ -162,10 +162,8 @@ def qa_stream_example(rng: np.random.Generator) -> Example:
         k = frame_pos[n] + 1
         if k < len(items) and isinstance(items[k], Reply):
             k += 1
-        state = ep.states[start + int(n)]
-        qs = sw.state_questions(state)
-        q, a = qs[int(rng.integers(len(qs)))]
-        items.insert(k, Question(q, a, look=state_look(state, q, int(n), ep.config.size)))
+        q, a, look = _state_qa(ep, start + int(n), int(n), rng)
+        items.insert(k, Question(q, a, look=look))
     frames = np.stack([ep.frame(i) for i in range(start, start + length)])
     return Example(items, frames, ep.frame(max(start - 1, 0)), meta={"stage": "qa", "seed": ep.seed})
 
@@ -411,9 +409,7 @@ def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: 
             options.append((*sw.memory_question(rng, ep.states[room_starts[scene] - 1]),
                             _previous_scene_look(list(closed), room_starts[scene])))
         if not options or rng.random() < 0.2:
-            qs = sw.state_questions(state)
-            q, a = qs[int(rng.integers(len(qs)))]
-            options = [(q, a, state_look(state, q, int(idx), ep.config.size))]
+            options = [_state_qa(ep, f, int(idx), rng)]
         q, a, look = options[int(rng.integers(len(options)))]
         k = frame_pos[idx] + 1
         while k < len(items) and not isinstance(items[k], Frame):

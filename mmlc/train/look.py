@@ -132,10 +132,12 @@ def head_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     return torch.softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1)
 
 
-def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: dict
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[float, int]]]:
     """Mean over the supervised heads (those whose kind of look the batch has; at least one) and their
-    queries of -log(attention mass on the target keys), and the mean mass itself (for the log)."""
-    losses, masses = [], []
+    queries of -log(attention mass on the target keys), the mean mass itself (for the log), and per
+    head ``"KIND@LAYER.HEAD"`` its mean mass and number of queries."""
+    losses, masses, per_head = [], [], {}
     for kind, layer, head in heads:
         if kind not in batch["looks"]:
             continue
@@ -146,4 +148,5 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
         mass = (p * keys).sum(-1)
         losses.append(-torch.log(mass.clamp_min(1e-6)).mean())
         masses.append(mass.detach().mean())
-    return torch.stack(losses).mean(), torch.stack(masses).mean()
+        per_head[f"{kind}@{layer}.{head}"] = (float(masses[-1]), len(rows))
+    return torch.stack(losses).mean(), torch.stack(masses).mean(), per_head

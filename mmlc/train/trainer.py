@@ -154,7 +154,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed). ``look_heads``
     ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing
     loss of :mod:`mmlc.train.look` on the batch's look targets (``look_loss``, and ``look_mass``:
-    their mean attention on the targets).
+    their mean attention on the targets; ``look_heads_mass``: per head, its mass and query count).
     """
     image_rows = batch.get("image_rows")
     if train_vision:
@@ -185,7 +185,8 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     logits = model.lm.get_output_embeddings()(hidden[keep])
     parts = model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep])
     if looking:
-        parts["look_loss"], parts["look_mass"] = look_loss(model.lm, tap, list(look_heads), batch)
+        parts["look_loss"], parts["look_mass"], parts["look_heads_mass"] = look_loss(model.lm, tap, list(look_heads),
+                                                                                     batch)
         parts["loss"] = parts["loss"] + look_weight * parts["look_loss"]
     if probe is not None and raw is not None and "memory_targets" in batch:
         parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
@@ -544,7 +545,11 @@ class Run:
             if self.main and (step + 1) % 25 == 0:
                 with open(log_file, "a") as f:
                     f.write(json.dumps({"stage": stage.name, "step": step + 1, "loss": round(ema, 4),
-                                        **{k: round(float(v.detach() if torch.is_tensor(v) else v), 4) for k, v in parts.items()},
+                                        **{k: round(float(v.detach() if torch.is_tensor(v) else v), 4)
+                                           for k, v in parts.items() if k != "look_heads_mass"},
+                                        **({"look_heads_mass": {h: round(m, 4) for h, (m, _) in
+                                                                parts["look_heads_mass"].items()}}
+                                           if "look_heads_mass" in parts else {}),
                                         "elapsed": round(elapsed + time.time() - t0, 1)}) + "\n")
             if (step + 1) % self.recipe.save_every == 0 and step + 1 < stage.steps:
                 self._save(model, heads, opt, s_idx, step + 1, elapsed + time.time() - t0)
