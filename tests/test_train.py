@@ -53,7 +53,7 @@ def test_examples_are_valid_timelines(tiny_model):
                 isinstance(part, int) for i in e.items if isinstance(i, Turn) for part in i.parts)
             assert n_frames == len(e.frames) - e.frame_offset >= 1
             n_memory = sum(isinstance(i, ex.Memory) for i in e.items)
-            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues", "look")
+            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues", "look", "needle")
                                                   or n_memory == 0)
             if n_memory:
                 continue   # tiny_model has no bridge; tests/test_memory_stream.py builds these
@@ -175,6 +175,45 @@ def test_memory_probe_counts_needles_only_where_shown():
     assert right["needle_shape"][1] == 1 and right["needle_colour"][1] == 1
     assert right[names[2]][1] == 4                      # the room head counts every memory
 
+
+
+def test_memory_probe_weighs_the_needle_heads():
+    """``Stage.probe_needle_weight`` scales the needle heads' terms of the probe loss and nothing else."""
+    torch.manual_seed(0)
+    probe = trainer.MemoryProbe(tokens=2, width=3)
+    memory = torch.randn(4, 2, 3)
+    targets = torch.zeros(4, len(ex.MEMORY_TARGETS), dtype=torch.long)
+    targets[1, 0], targets[1, 1] = 1, 2
+    terms = {name: float(torch.nn.functional.cross_entropy(head(memory.flatten(1)), targets[:, j]).detach())
+             for j, (name, head) in enumerate(probe.heads.items())}
+    base, _ = probe(memory, targets)
+    probe.needle_weight = 5.0
+    weighted, _ = probe(memory, targets)
+    needle = terms["needle_shape"] + terms["needle_colour"]
+    assert float(base.detach()) == pytest.approx(sum(terms.values()) / len(terms), rel=1e-5)
+    assert float(weighted.detach()) == pytest.approx((sum(terms.values()) + 4 * needle) / len(terms), rel=1e-5)
+
+
+def test_needle_examples_ask_for_a_needle_held_in_memory():
+    """The ``needle`` stage's practice: the needle was shown in an earlier scene, its question is always
+    asked and looks at the memory block(s) that folded the needle's frames."""
+    rng = np.random.default_rng(2)
+    seen = 0
+    for _ in range(8):
+        e = ex.needle_memory_example(rng)
+        if e.meta["stage"] != "needle":          # the needle in the last span: a memalign draw instead
+            continue
+        seen += 1
+        questions = [i for i in e.items if isinstance(i, ex.Question)]
+        assert questions[0].text == ex.sw.NEEDLE_QUESTION and 2 <= len(questions) <= 3
+        targets = [j for (kind, j), _ in questions[0].look]
+        assert targets and all(kind == "memory" for (kind, _), _ in questions[0].look)
+        needles = [t["needle_shape"] > 0 for t in e.meta["memory_targets"]]
+        assert all(needles[j] for j in targets) and sum(needles) == len(targets)
+        shape = next(t["needle_shape"] for t in e.meta["memory_targets"] if t["needle_shape"])
+        assert questions[0].answer.endswith(f" {ex.sw.NEEDLE_SHAPES[shape - 1]}.")
+        assert e.memory_spans[-1][1] == e.frame_offset
+    assert seen >= 4
 
 def _smoke_recipe(stages):
     """A recipe factory for RECIPES["tiny-smoke"] with these stages (tiny-test preset, saves every 2 steps)."""

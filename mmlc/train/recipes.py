@@ -44,6 +44,10 @@ class Stage:
     # names, the cells of the object a question names), weighted by look_weight
     look_heads: list[str] = field(default_factory=list)
     look_weight: float = 0.0
+    # memory stages: weight of the memory probe's needle heads (shape, colour) against its others (room,
+    # each shape's colour); with 1 the needle is 2 of 11 equal terms and the bridge of the shipped
+    # model kept it in memory at 0.53 (colour, probe on held-out scenes) though its input has it at 0.90
+    probe_needle_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tower_dtype not in ("", "float32", "bfloat16", "float16"):

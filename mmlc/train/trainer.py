@@ -111,6 +111,7 @@ class MemoryProbe(torch.nn.Module):
     def __init__(self, tokens: int, width: int):
         super().__init__()
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(tokens * width, n) for k, n in ex.MEMORY_TARGETS.items()})
+        self.needle_weight = 1.0     # the stage's probe_needle_weight (set when a stage starts)
 
     def forward(self, memory: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
         """Mean cross-entropy over the targets, and per head (memories read right, memories counted):
@@ -121,7 +122,8 @@ class MemoryProbe(torch.nn.Module):
         for j, (name, head) in enumerate(self.heads.items()):
             logits = head(x)
             y = targets[:, j]
-            loss = loss + torch.nn.functional.cross_entropy(logits, y)
+            w = self.needle_weight if name.startswith("needle_") else 1.0
+            loss = loss + w * torch.nn.functional.cross_entropy(logits, y)
             keep = y > 0 if name.startswith("needle_") else torch.ones_like(y, dtype=torch.bool)
             right[name] = (int((logits.argmax(-1) == y)[keep].sum()), int(keep.sum()))
         return loss / len(self.heads), right
@@ -259,7 +261,7 @@ WORD_CLASSES = {
 }
 
 
-MEMORY_STAGES = ("memory", "memalign", "long")
+MEMORY_STAGES = ("memory", "memalign", "long", "needle")
 
 
 @torch.no_grad()
@@ -497,6 +499,8 @@ class Run:
         trainable = list(model.vision.parameters()) + list(heads.parameters()) if vision else \
             list(model.connector.parameters()) + list(model.lm.parameters())
         memory_stage = stage.name in MEMORY_STAGES
+        if memory_stage:
+            heads.memory_probe.needle_weight = stage.probe_needle_weight
         fresh = list(model.bridge.parameters()) + [model.memory_offset] + list(heads.memory_probe.parameters()) \
             if memory_stage else []
         for p in trainable + fresh:
