@@ -19,26 +19,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import mmlc
 from mmlc.data import shapeworld as sw
-
-
-def probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 300, decay: float = 1e-2) -> float:
-    torch.manual_seed(0)
-    train = np.arange(len(y)) < int(0.7 * len(y))
-    xt = torch.tensor(x, dtype=torch.float32)
-    xt = (xt - xt[train].mean(0)) / (xt[train].std(0) + 1e-5)
-    yt = torch.tensor(y, dtype=torch.long)
-    lin = torch.nn.Linear(x.shape[1], classes)
-    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=decay)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(lin(xt[train]), yt[train]).backward()
-        opt.step()
-    with torch.no_grad():
-        return round(float((lin(xt[~train]).argmax(1) == yt[~train]).float().mean()), 3)
+from tower_probe import probe as linear_probe
 
 
 def main(model_path: str | None = None, n: int = 400, first_seed: int = 7000) -> dict:
@@ -71,7 +55,8 @@ def main(model_path: str | None = None, n: int = 400, first_seed: int = 7000) ->
            "shape_prior": round(float(np.bincount(shape).max() / n), 3)}
     for name, xs in rows.items():
         xs = np.array(xs)
-        out[name] = {"colour": probe(xs, colour, len(colours)), "shape": probe(xs, shape, len(shapes))}
+        out[name] = {"colour": round(linear_probe(xs, colour, len(colours), steps=300, decay=1e-2), 3),
+                     "shape": round(linear_probe(xs, shape, len(shapes), steps=300, decay=1e-2), 3)}
     print(out)
     return out
 

@@ -48,7 +48,7 @@ def features(model, n_episodes: int, first_seed: int = 3000):
     return np.array(cell8), np.array(cell4), np.array(size), np.array(colour), len(colours), np.array(shape)
 
 
-def probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400) -> float:
+def probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400, decay: float = 1e-4) -> float:
     """Held-out accuracy of a linear probe trained on the first 70% (features standardised)."""
     torch.manual_seed(0)
     train = np.arange(len(y)) < int(0.7 * len(y))
@@ -56,7 +56,7 @@ def probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 400) -> float
     xt = (xt - xt[train].mean(0)) / (xt[train].std(0) + 1e-5)
     yt = torch.tensor(y, dtype=torch.long)
     lin = torch.nn.Linear(x.shape[1], classes)
-    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-4)
+    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=decay)
     for _ in range(steps):
         opt.zero_grad()
         F.cross_entropy(lin(xt[train]), yt[train]).backward()
@@ -78,4 +78,4 @@ def main(model_path: str | None = None, n_episodes: int = 40) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None, int(sys.argv[2]) if len(sys.argv) > 2 else 40)
+    main(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None, int(sys.argv[2]) if len(sys.argv) > 2 else 40)
