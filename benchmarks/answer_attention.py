@@ -52,7 +52,6 @@ def main(model_path: str | None = None, n: int = 100, heads: str = "3.2") -> dic
         attr = "colour" if rng.random() < 0.5 else "size"
         question, answer = sw._object_qa(attr, obj)
         frames = np.stack([ep.frame(i) for i in range(start, last + 1)])
-        right = None
         for target, o in (("named", obj), ("other", other)):
             items = [Frame(i) for i in range(length)] + [Question(question, answer, look=[(length - 1, sw.object_box(o, ep.config.size))])]
             batch = collate(model, [ex.Example(items, frames, ep.frame(max(start - 1, 0)))], look_kinds=("answer",))
@@ -60,7 +59,8 @@ def main(model_path: str | None = None, n: int = 100, heads: str = "3.2") -> dic
                 parts, logits = lm_step(model, batch, look_heads=specs, look_weight=1.0)
             keep = batch["labels"] >= 0
             text = batch["kinds"][keep] == TEXT
-            right = bool((logits[text].argmax(-1) == batch["labels"][keep][text]).all()) if right is None else right
+            if target == "named":   # the same question and answer in both passes; only the look differs
+                right = bool((logits[text].argmax(-1) == batch["labels"][keep][text]).all())
             for head, (m, _) in parts["look_heads_mass"].items():
                 mass[(attr, "right" if right else "wrong", head, target)].append(m)
         counts[attr][0] += int(right)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import mmlc
 from mmlc.data import shapeworld as sw
 from grid_binding import cells
+from tower_probe import frame_pixels
 
 
 def features(model, n_episodes: int, first_seed: int = 3000):
@@ -35,9 +36,7 @@ def features(model, n_episodes: int, first_seed: int = 3000):
         ep = sw.generate_episode(seed, sw.WorldConfig(duration=60.0, fps=2.0))
         idx = list(range(1, ep.n_frames, 4))
         with torch.no_grad():
-            pixels = torch.cat([model.preprocess([ep.frame(i) for i in idx])[:, :3],
-                                model.preprocess([ep.frame(i - 1) for i in idx])[:, :3]], 1)
-            maps, _ = model.vision_maps(pixels)
+            maps, _ = model.vision_maps(frame_pixels(model, ep, idx))
         s, side = ep.config.size, maps.shape[-1] // 4
         for k, i in enumerate(idx):
             objects = ep.states[i]["objects"]

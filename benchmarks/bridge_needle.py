@@ -41,8 +41,7 @@ def cache(model, seeds) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
         truth = ep.truth()
         spans = ex.memory_segments(truth)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            pixels = torch.cat([model.preprocess([ep.frame(i) for i in range(ep.n_frames)])[:, :3],
-                                model.preprocess([ep.frame(max(i - 1, 0)) for i in range(ep.n_frames)])[:, :3]], 1)
+            pixels = model.preprocess([ep.frame(i) for i in range(ep.n_frames)])   # [frame ; previous]
             feats = model.memory_features(model.frame_features(*model.vision_maps(pixels))).float()
         targets = torch.tensor([[t[k] for k in ex.MEMORY_TARGETS]
                                 for t in (ex.memory_targets(ep, truth, a, b) for a, b in spans)])
@@ -94,5 +93,5 @@ def main(model_path: str | None = None, n_train: int = 500, steps: int = 2500, l
 
 
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    main(a[0] if a and a[0] else None, *(int(a[i]) if i < 3 else float(a[i]) for i in range(1, len(a))))
+    a = sys.argv[1:] + [""] * 5
+    main(a[0] or None, int(a[1] or 500), int(a[2] or 2500), float(a[3] or 2e-3), float(a[4] or 5.0))

@@ -35,8 +35,7 @@ def main(model_path: str | None = None, n: int = 400, first_seed: int = 7000) ->
         needle = ep.truth()["needles"][0]
         shown = [i for i in range(ep.n_frames) if ep.states[i].get("needle")]
         with torch.no_grad():
-            pixels = torch.cat([model.preprocess([ep.frame(i) for i in range(ep.n_frames)])[:, :3],
-                                model.preprocess([ep.frame(max(i - 1, 0)) for i in range(ep.n_frames)])[:, :3]], 1)
+            pixels = model.preprocess([ep.frame(i) for i in range(ep.n_frames)])   # [frame ; previous]
             maps, pooled = model.vision_maps(pixels)
             memory = model.bridge.fold(model.bridge.initial_memory(1),
                                        model.memory_features(model.frame_features(maps, pooled))[None])

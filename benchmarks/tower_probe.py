@@ -25,6 +25,12 @@ import mmlc
 from mmlc.data import shapeworld as sw
 
 
+def frame_pixels(model, ep: sw.Episode, idx: list[int]) -> torch.Tensor:
+    """The tower's input for frames ``idx`` of ``ep`` (not consecutive): each with its own previous frame."""
+    return torch.cat([model.preprocess([ep.frame(i) for i in idx])[:, :3],
+                      model.preprocess([ep.frame(max(i - 1, 0)) for i in idx])[:, :3]], 1)
+
+
 def features(model, n_episodes: int, first_seed: int = 3000):
     colours = list(sw.COLOURS)
     cell8, cell4, size, colour, shape = [], [], [], [], []
@@ -32,9 +38,7 @@ def features(model, n_episodes: int, first_seed: int = 3000):
         ep = sw.generate_episode(seed, sw.WorldConfig(duration=60.0, fps=2.0))
         idx = list(range(1, ep.n_frames, 6))
         with torch.no_grad():
-            pixels = torch.cat([model.preprocess([ep.frame(i) for i in idx])[:, :3],
-                                model.preprocess([ep.frame(i - 1) for i in idx])[:, :3]], 1)
-            maps, pooled = model.vision_maps(pixels)
+            maps, pooled = model.vision_maps(frame_pixels(model, ep, idx))
             grid4 = model.frame_features(maps, pooled, grid=4)[:, -16:]   # the 4x4 tokens, row by row
         side, s = maps.shape[-1], ep.config.size
         for k, i in enumerate(idx):

@@ -285,6 +285,17 @@ def memory_targets(ep: sw.Episode, truth: dict, a: int, b: int) -> dict[str, int
     return t
 
 
+def _ask_after_memories(rng: np.random.Generator, ep: sw.Episode, truth: dict, spans: list[tuple[int, int]], k: int,
+                        stop: int, stage: str, pick) -> Example:
+    """``spans[:k]`` as Memory items, then frames [spans[k][0], stop) and the questions that ``pick``
+    chooses (indices) from those that need the memory at frame ``stop - 1`` plus one state question."""
+    start = spans[k][0]
+    asked = _memory_qa(ep, truth, stop - 1, spans[:k])
+    asked.append(_state_qa(ep, stop - 1, stop - 1 - start, rng))
+    current = timeline(truth, start, stop, questions=False) + [Question(*asked[int(j)]) for j in pick(asked)]
+    return _memory_example(ep, truth, spans[:k], current, start, stop, stage)
+
+
 def memory_align_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
     """Dense memory practice: earlier scenes as Memory items, then 1-4 frames of the current scene and
     2-4 questions that need the memory (the needle, 70% of episodes have one; the previous room and its
@@ -296,11 +307,8 @@ def memory_align_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_F
     k = int(rng.integers(1, len(spans))) if len(spans) > 1 else 0
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 5)))
-    asked = _memory_qa(ep, truth, stop - 1, spans[:k])
-    asked.append(_state_qa(ep, stop - 1, stop - 1 - start, rng))
-    order = rng.permutation(len(asked))[: int(rng.integers(2, 5))]
-    current = timeline(truth, start, stop, questions=False) + [Question(*asked[int(j)]) for j in order]
-    return _memory_example(ep, truth, spans[:k], current, start, stop, "memalign")
+    return _ask_after_memories(rng, ep, truth, spans, k, stop, "memalign",
+                               lambda asked: rng.permutation(len(asked))[: int(rng.integers(2, 5))])
 
 
 def needle_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
@@ -323,11 +331,8 @@ def needle_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_
     k = int(later[int(rng.integers(len(later)))])
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 5)))
-    asked = _memory_qa(ep, truth, stop - 1, spans[:k])
-    asked.append(_state_qa(ep, stop - 1, stop - 1 - start, rng))
-    keep = [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[: int(rng.integers(1, 3))]]
-    current = timeline(truth, start, stop, questions=False) + [Question(*asked[j]) for j in keep]
-    return _memory_example(ep, truth, spans[:k], current, start, stop, "needle")
+    return _ask_after_memories(rng, ep, truth, spans, k, stop, "needle",   # the needle question and 1-2 others
+                               lambda asked: [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[: int(rng.integers(1, 3))]])
 
 
 def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FRAMES) -> Example:
@@ -345,14 +350,11 @@ def long_memory_example(rng: np.random.Generator, max_frames: int = MAX_SCENE_FR
     k = len(spans) - 1
     start, end = spans[k]
     stop = min(end, start + int(rng.integers(1, 7)))
-    asked = _memory_qa(ep, truth, stop - 1, spans[:k])
-    asked.append(_state_qa(ep, stop - 1, stop - 1 - start, rng))
-    if asked[0][0] == sw.NEEDLE_QUESTION:      # the needle question always, two others at random
-        keep = [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[:2]]
-    else:
-        keep = [int(j) for j in rng.permutation(len(asked))[:3]]
-    current = timeline(truth, start, stop, questions=False) + [Question(*asked[j]) for j in keep]
-    return _memory_example(ep, truth, spans[:k], current, start, stop, "long")
+    def pick(asked: list) -> list[int]:
+        if asked[0][0] == sw.NEEDLE_QUESTION:      # the needle question always, two others at random
+            return [0] + [1 + int(j) for j in rng.permutation(len(asked) - 1)[:2]]
+        return [int(j) for j in rng.permutation(len(asked))[:3]]
+    return _ask_after_memories(rng, ep, truth, spans, k, stop, "long", pick)
 
 
 def long_example(rng: np.random.Generator) -> Example:

@@ -122,9 +122,9 @@ class MemoryProbe(torch.nn.Module):
         for j, (name, head) in enumerate(self.heads.items()):
             logits = head(x)
             y = targets[:, j]
-            w = self.needle_weight if name.startswith("needle_") else 1.0
-            loss = loss + w * torch.nn.functional.cross_entropy(logits, y)
-            keep = y > 0 if name.startswith("needle_") else torch.ones_like(y, dtype=torch.bool)
+            needle = name.startswith("needle_")
+            loss = loss + (self.needle_weight if needle else 1.0) * torch.nn.functional.cross_entropy(logits, y)
+            keep = y > 0 if needle else torch.ones_like(y, dtype=torch.bool)
             right[name] = (int((logits.argmax(-1) == y)[keep].sum()), int(keep.sum()))
         return loss / len(self.heads), right
 
@@ -262,6 +262,13 @@ WORD_CLASSES = {
 
 
 MEMORY_STAGES = ("memory", "memalign", "long", "needle")
+
+
+def _loggable(value):
+    """A loss part for metrics.jsonl: a number to 4 digits; per-head looks ``{head: (mass, n)}`` -> masses."""
+    if isinstance(value, dict):
+        return {k: round(float(v[0]), 4) for k, v in value.items()}
+    return round(float(value.detach() if torch.is_tensor(value) else value), 4)
 
 
 @torch.no_grad()
@@ -549,11 +556,7 @@ class Run:
             if self.main and (step + 1) % 25 == 0:
                 with open(log_file, "a") as f:
                     f.write(json.dumps({"stage": stage.name, "step": step + 1, "loss": round(ema, 4),
-                                        **{k: round(float(v.detach() if torch.is_tensor(v) else v), 4)
-                                           for k, v in parts.items() if k != "look_heads_mass"},
-                                        **({"look_heads_mass": {h: round(m, 4) for h, (m, _) in
-                                                                parts["look_heads_mass"].items()}}
-                                           if "look_heads_mass" in parts else {}),
+                                        **{k: _loggable(v) for k, v in parts.items()},
                                         "elapsed": round(elapsed + time.time() - t0, 1)}) + "\n")
             if (step + 1) % self.recipe.save_every == 0 and step + 1 < stage.steps:
                 self._save(model, heads, opt, s_idx, step + 1, elapsed + time.time() - t0)
