@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 import mmlc
 from mmlc.data import shapeworld as sw
+from mmlc.train.vision_aux import pair_pixels
 
 
 def frame_pixels(model, ep: sw.Episode, idx: list[int]) -> torch.Tensor:
     """The tower's input for frames ``idx`` of ``ep`` (not consecutive): each with its own previous frame."""
-    return torch.cat([model.preprocess([ep.frame(i) for i in idx])[:, :3],
-                      model.preprocess([ep.frame(max(i - 1, 0)) for i in idx])[:, :3]], 1)
+    return pair_pixels(model, np.stack([ep.frame(max(i - 1, 0)) for i in idx]), np.stack([ep.frame(i) for i in idx]))
 
 
 def features(model, n_episodes: int, first_seed: int = 3000):

@@ -108,8 +108,22 @@ class FramesConfig:
     # frames; with 2x2 a quadrant often averages two objects together, and which shape wears which
     # colour is lost (mmlc-tiny: the colour of a shape alone in its quadrant 14/16 right, sharing one 5/11)
     image_grid: int = 0
+    # word tags (mmlc.models.reader): {"shapes", "colours", "sizes", "rooms"} -> word lists; when set, a
+    # reader head (``reader_hidden`` wide) reads each grid token's objects and the pooled token's room,
+    # and the LM embeddings of those words, weighted by their probabilities, are added to the token.
+    # {} (the default): no reader, no tags
+    words: dict = field(default_factory=dict)
+    reader_hidden: int = 128
 
     def __post_init__(self) -> None:
+        if self.words:
+            _require(isinstance(self.words, dict) and set(self.words) == {"shapes", "colours", "sizes", "rooms"}
+                     and all(isinstance(v, list) and v and all(isinstance(w, str) and w for w in v)
+                             for v in self.words.values()),
+                     "frames.words", self.words,
+                     "{} or lists of words under exactly 'shapes', 'colours', 'sizes' and 'rooms'")
+        _require(isinstance(self.reader_hidden, int) and not isinstance(self.reader_hidden, bool)
+                 and self.reader_hidden >= 1, "frames.reader_hidden", self.reader_hidden, "a positive integer")
         _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
         _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
         _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")

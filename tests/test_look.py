@@ -46,6 +46,24 @@ def test_build_places_looks_on_the_answer_and_the_named_picture(tiny_with):
         lay.build([Frame(0), Question("what colour is the room?", "red.", look=[(3, None)])])
 
 
+def test_stream_questions_take_two_hops_through_their_last_word(tiny_model):
+    """A stream question about an object: its last word ("circle") looks at the object's cells ("obj"),
+    the answer at that word ("via"); a question about the whole frame adds neither."""
+    lay = tiny_model.layout
+    box = (0.5, 0.5, 0.9, 0.9)
+    seq = lay.build([Frame(0), Frame(1), Question("what colour is the circle?", "red.", look=[(1, box)]),
+                     Frame(2), Question("how many objects are there?", "two.", look=[(2, None)])])
+    answers = [look for look in seq.looks if look[2] == "answer"]
+    assert len(answers) == 2
+    (word,), pictures, _ = next(look for look in seq.looks if look[2] == "obj")
+    assert lay.tokenizer.decode([seq.ids[word]]) == " circle" and seq.ids[word + 1] != lay.assistant_id
+    slots = [i for i, t in enumerate(seq.ids) if t == lay.frame_id]
+    assert pictures == [(slots[lay.tokens_per_frame], lay.tokens_per_frame, box)]
+    vias = [look for look in seq.looks if look[2] == "via"]
+    assert vias == [(answers[0][0], [(word, 1, None)], "via")]
+    assert sum(look[2] == "obj" for look in seq.looks) == 1
+
+
 def test_look_targets_cover_the_box_cells_only():
     # one picture at positions 10..14: pooled token + 2x2 cells; a box in the top-right quarter
     queries, keys = look_targets([([20, 21], [(10, 5, (0.6, 0.1, 0.9, 0.4))], "answer"),

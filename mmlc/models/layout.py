@@ -227,6 +227,12 @@ class StreamLayout:
                 raise TypeError(f"a memory recap holds Reply and Question items, not {item!r}")
         return _unlabelled(ids)
 
+    def _last_word(self, text: str, start: int) -> int | None:
+        """Position of the last token of ``text``'s last word ("square" of "what colour is the square?")
+        in a question prompt placed at ``start`` (None when the text does not tokenize as its stem + "?")."""
+        ids, stem = self.text_ids(text), self.text_ids(text.rstrip("?!. "))
+        return start + len(stem) if stem and ids[:len(stem)] == stem else None
+
     # ---------------------------------------------------------------- whole timelines
     def build(self, items: list, system: str | None = None, with_prefix: bool = True) -> Chunk:
         """Concatenate the chunks of a timeline and shift labels into next-token targets.
@@ -249,7 +255,8 @@ class StreamLayout:
                     placed[index] = (slots[n_seen], per)
                     n_seen += per
 
-        def add_answer(text: str, look: list | None, asked: tuple[int, int] | None = None) -> None:
+        def add_answer(text: str, look: list | None, asked: tuple[int, int] | None = None,
+                       subject: int | None = None) -> None:
             start, chunk = len(seq), self.answer(text)
             add(chunk)
             if look:
@@ -260,6 +267,17 @@ class StreamLayout:
                 looks.append((queries, [(*placed[i], box) for i, box in look], "answer"))
                 if asked is not None:
                     _name_looks(queries, look, asked)
+                if subject is not None:
+                    _subject_looks(queries, look, subject)
+
+        def _subject_looks(queries: list[int], look: list, subject: int) -> None:
+            """A stream question about an object ("what colour is the square?"): its last word looks at
+            the object's cells ("obj") and the answer at that word ("via"), the two hops chat takes
+            through the image number."""
+            for index, box in look:
+                if isinstance(index, int) and box is not None:
+                    looks.append(([subject], [(*placed[index], box)], "obj"))
+                    looks.append((queries, [(subject, 1, None)], "via"))
 
         def _name_looks(queries: list[int], look: list, asked: tuple[int, int]) -> None:
             """Chat: where the user's text names image k ("... in image 3?"), the number token looks at
@@ -286,9 +304,10 @@ class StreamLayout:
                     raise ValueError("a Reply must follow a Frame (the model speaks after a frame)")
                 seq.extend(self.reply_open()).extend(self.answer(item.text))
             elif isinstance(item, Question):
+                asked = len(seq)
                 seq.extend(self.question_prompt(item.text))
                 if item.answer is not None:
-                    add_answer(item.answer, item.look)
+                    add_answer(item.answer, item.look, subject=self._last_word(item.text, asked) if item.look else None)
             elif isinstance(item, Turn):
                 asked = len(seq)
                 add(self.user_turn(item.parts))

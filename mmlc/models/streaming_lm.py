@@ -61,6 +61,12 @@ class StreamingLM(nn.Module):
             # offset that tells the LM "memory" apart from "frame"
             self.bridge = MemoryBridge(config.vision.hidden_size, config.memory, slots=config.memory_tokens_per_frame)
             self.memory_offset = nn.Parameter(torch.zeros(config.lm.hidden_size))
+        self.reader = None
+        if config.frames.words:
+            from mmlc.models.reader import CellReader
+
+            self.reader = CellReader(config.vision.hidden_size, config.frames.words, config.frames.reader_hidden,
+                                     pooled=config.frames.pooled)
         self.layout: StreamLayout | None = None
         self.tokenizer = None
         mean = torch.tensor(config.vision.image_mean).view(1, 3, 1, 1)
@@ -135,9 +141,20 @@ class StreamingLM(nn.Module):
             tokens.append(F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2))  # (N, k*k, Dv)
         return torch.cat(tokens, dim=1)
 
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Frame or image features (N, T, Dv) -> tokens at the LM width (N, T, D): the connector, plus the
+        reader's word tags when the model has a reader (``frames.words``; :mod:`mmlc.models.reader`)."""
+        tokens = self.connector(feats)
+        if self.reader is not None:
+            if self.tokenizer is None:
+                raise ConfigError("this model's frame tokens carry word tags (frames.words), which need its "
+                                  "tokenizer: load it with mmlc.load() or attach model.tokenizer")
+            tokens = tokens + self.reader.tags(feats, self.lm.get_input_embeddings().weight, self.tokenizer)
+        return tokens
+
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels of still chat images (N, C, S, S) -> their tokens at the LM width (N, T_image, D)."""
-        return self.connector(self.frame_features(*self.vision_maps(pixels), grid=self.config.frames.chat_grid))
+        return self.project(self.frame_features(*self.vision_maps(pixels), grid=self.config.frames.chat_grid))
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (N, C, S, S) -> frame features at the vision width (N, T, Dv).
@@ -148,7 +165,7 @@ class StreamingLM(nn.Module):
 
     def frame_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (N, C, S, S) -> frame tokens at the LM width (N, T, D)."""
-        return self.connector(self.vision_features(pixels))
+        return self.project(self.vision_features(pixels))
 
     def memory_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Frame features (N, T, Dv) -> the features the bridge folds (N, T_memory, Dv): the same unless

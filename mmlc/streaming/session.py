@@ -381,7 +381,7 @@ class StreamSession(CachedDecoder):
         feats = None
         if self.scenes:  # SceneTiling compares the pooled token; the bridge folds all of them
             feats = self.model.vision_features(pixels)
-            tokens = self.model.connector(feats)
+            tokens = self.model.project(feats)
         else:
             tokens = self.model.frame_embeddings(pixels)
         if self.profile:

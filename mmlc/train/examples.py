@@ -33,7 +33,7 @@ from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
 STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final",
-          "tags", "grid", "dialogues")
+          "tags", "grid", "dialogues", "words")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -416,6 +416,14 @@ def look_example(rng: np.random.Generator) -> Example:
     return dialogues_example(rng)
 
 
+def words_example(rng: np.random.Generator) -> Example:
+    """The ``words`` stage (frame tokens newly carry the reader's word tags, :mod:`mmlc.models.reader`):
+    question-dense crops 40% (the colour and size of a named object were what state QA missed),
+    dense multi-image dialogues 35%, stream crops 15%, memory questions 10%."""
+    return _mix(rng, [(0.4, qa_stream_example), (0.75, dense_dialogue_example), (0.9, stream_example)],
+                memory_align_example)
+
+
 def needle_example(rng: np.random.Generator) -> Example:
     """The ``needle`` stage (the bridge trains again): needle practice 40%
     (:func:`needle_memory_example`), long streams 25%, dense multi-image dialogues 15%, question-dense
@@ -465,7 +473,7 @@ BUILDERS = {"align": align_example, "change": change_example, "stream": stream_e
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
             "long": long_example, "refresh": refresh_example, "final": final_example,
             "tags": tags_example, "grid": grid_example, "dialogues": dialogues_example,
-            "look": look_example, "needle": needle_example}
+            "look": look_example, "needle": needle_example, "words": words_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

@@ -13,7 +13,8 @@ from mmlc.errors import ConfigError
 
 @dataclass
 class Stage:
-    """One stage: ``name`` is ``vision`` (tower + auxiliary heads) or an example builder's stage."""
+    """One stage: ``name`` is ``vision`` (tower + auxiliary heads), ``reader`` (the word-tag reader,
+    :mod:`mmlc.train.reader`) or an example builder's stage."""
 
     name: str
     steps: int
@@ -56,6 +57,9 @@ class Stage:
         if bool(self.look_heads) != (self.look_weight > 0):
             raise ConfigError(f"Stage('{self.name}', look_heads={self.look_heads!r}, look_weight={self.look_weight}): "
                               "give both (heads and a weight > 0) or neither")
+        if self.name == "reader" and (self.frames_grid or self.look_heads or self.fresh_words or self.fresh_digits):
+            raise ConfigError("Stage('reader'): the reader stage trains the word-tag reader alone; grids, look "
+                              "heads and fresh embeddings belong to LM stages")
         if self.frames_grid and self.name == "vision":
             raise ConfigError("Stage('vision', frames_grid=...): the vision stage's heads read the preset's grid; "
                               "change the grid in a later (LM) stage")
@@ -158,6 +162,30 @@ def tiny() -> Recipe:
     ])
 
 
+def tiny_words() -> Recipe:
+    """``tiny`` plus word tags (measured, not shipped): a reader head learns what each frame token's
+    cell holds (the tower frozen), then three ``words`` passes teach the LM frames whose tokens carry
+    the words' embeddings (README, Training, stages 18-21). Start it from the shipped model:
+    ``mmlc train --recipe tiny-words --out runs/w --from mmlc-tiny --from-stage 18``."""
+    rec = tiny()
+    rec.name = "tiny-words"
+    rec.stages += [
+        # word tags (mmlc.models.reader): a reader head learns what each frame token's cell holds (the
+        # tower frozen), then the LM learns to read frames whose tokens carry the words' embeddings
+        Stage("reader", steps=600, lr=2e-3, batch_size=64, warmup=30, eval_examples=256, tower_dtype="bfloat16"),
+        Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
+              warmup=20, eval_examples=16, tower_dtype="bfloat16",
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2"], look_weight=0.3),
+        Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
+              warmup=20, eval_examples=16, tower_dtype="bfloat16",
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2"], look_weight=0.3),
+        Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
+              warmup=20, eval_examples=16, tower_dtype="bfloat16",
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2"], look_weight=0.3),
+    ]
+    return rec
+
+
 def tiny_smoke() -> Recipe:
     return Recipe(name="tiny-smoke", preset="tiny-test", tokenizer_episodes=20, tokenizer_dialogues=10, save_every=2,
                   frozen_tower_dtype="bfloat16", stages=[
@@ -168,10 +196,12 @@ def tiny_smoke() -> Recipe:
         Stage("chat", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=2048, warmup=1, eval_examples=2),
         Stage("memory", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
         Stage("memalign", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
+        Stage("reader", steps=2, lr=1e-3, batch_size=8, warmup=1, eval_examples=8),
+        Stage("words", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
     ])
 
 
-RECIPES = {"tiny": tiny, "tiny-v2": tiny_v2, "tiny-smoke": tiny_smoke}
+RECIPES = {"tiny": tiny, "tiny-v2": tiny_v2, "tiny-words": tiny_words, "tiny-smoke": tiny_smoke}
 
 
 def recipe(name: str) -> Recipe:

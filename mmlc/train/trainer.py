@@ -38,7 +38,8 @@ from mmlc.models.presets import preset
 from mmlc.train import examples as ex
 from mmlc.train.look import AttentionTap, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
-from mmlc.train.vision_aux import aux_loss, make_heads, map_side, sample_pairs
+from mmlc.train.reader import enable_reader, reader_loss, sample_frames
+from mmlc.train.vision_aux import aux_loss, make_heads, map_side, pair_pixels, sample_pairs
 
 EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
@@ -210,11 +211,12 @@ def _row_tokens(model, feats, image_feats, image_rows, rows) -> torch.Tensor:
     """The LM-width tokens of the rows that fill frame placeholders (``rows``, or all), in order: chat
     image rows take their image tokens, the others their frame tokens."""
     if image_feats is None:
-        return model.connector(feats if rows is None else feats[rows])
+        return model.project(feats if rows is None else feats[rows])
     which = torch.cumsum(image_rows.long(), 0) - 1
     order = range(feats.shape[0]) if rows is None else rows.tolist()
-    pieces = [image_feats[int(which[r])] if bool(image_rows[r]) else feats[r] for r in order]
-    return model.connector(torch.cat(pieces))
+    frame_tokens, image_tokens = model.project(feats), model.project(image_feats)
+    pieces = [image_tokens[int(which[r])] if bool(image_rows[r]) else frame_tokens[r] for r in order]
+    return torch.cat(pieces)
 
 
 def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]):
@@ -447,6 +449,16 @@ class Run:
         heads.to(self.acc.device)
         ckpt = self.out / "checkpoint"
         start_stage, start_step, elapsed = 0, 0, 0.0
+        starting_from_model = state is None and self.start_from is not None
+        done = state["stage"] if state is not None else (self.start_stage - 1 if starting_from_model else 0)
+        for stage in self.recipe.stages[:done]:  # what earlier stages changed in the model's structure
+            if stage.frames_grid:
+                set_frames_grid(model, stage.frames_grid)
+            if stage.name == "reader":
+                enable_reader(model)
+        if state is not None and self.recipe.stages[state["stage"]:state["stage"] + 1] and \
+                self.recipe.stages[state["stage"]].name == "reader" and state["step"] > 0:
+            enable_reader(model)   # interrupted inside the reader stage: its checkpoint holds the reader
         if state is not None:
             # a run that predates the memory bridge (recipe extended with a memory stage) has no bridge yet
             load_weights(model, ckpt / "model.safetensors", allow_missing=("bridge.", "memory_offset"))
@@ -454,13 +466,8 @@ class Run:
                 load_weights(heads, ckpt / "heads.safetensors", allow_missing=("memory_probe.",))
             start_stage, start_step, elapsed = state["stage"], state["step"], state.get("elapsed", 0.0)
             self.log(f"resuming stage {start_stage} ({self.recipe.stages[start_stage].name}) at step {start_step}")
-        starting_from_model = state is None and self.start_from is not None
         if starting_from_model:
             start_stage = self.start_stage - 1
-        for stage in self.recipe.stages[:start_stage]:  # grids that earlier stages switched to
-            if stage.frames_grid:
-                set_frames_grid(model, stage.frames_grid)
-        if starting_from_model:
             self._start_from_model(model, heads, start_stage)
         for s_idx in range(start_stage, len(self.recipe.stages)):
             stage = self.recipe.stages[s_idx]
@@ -494,6 +501,10 @@ class Run:
 
     def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
         vision = stage.name == "vision"
+        reading = stage.name == "reader"
+        if reading and enable_reader(model):
+            self.log(f"stage reader: a word-tag reader over the {model.config.frames.grid}x{model.config.frames.grid} "
+                     f"frame tokens ({sum(p.numel() for p in model.reader.parameters())} parameters)")
         if stage.fresh_digits and step0 == 0:
             n = fresh_digit_embeddings(model, seed=self.recipe.seed + s_idx)
             self.log(f"stage {stage.name}: embeddings of {n} digit tokens drawn afresh")
@@ -503,8 +514,12 @@ class Run:
             self.log(f"stage {stage.name}: embeddings of the {n} tokens that start {stage.fresh_words} drawn afresh")
         for p in model.parameters():
             p.requires_grad_(False)
-        trainable = list(model.vision.parameters()) + list(heads.parameters()) if vision else \
-            list(model.connector.parameters()) + list(model.lm.parameters())
+        if reading:
+            trainable = list(model.reader.parameters())
+        elif vision:
+            trainable = list(model.vision.parameters()) + list(heads.parameters())
+        else:
+            trainable = list(model.connector.parameters()) + list(model.lm.parameters())
         memory_stage = stage.name in MEMORY_STAGES
         if memory_stage:
             heads.memory_probe.needle_weight = stage.probe_needle_weight
@@ -537,6 +552,9 @@ class Run:
             if vision:
                 prevs, curs, labels = sample_pairs(rng, stage.batch_size, world, dense_side=side)
                 loss, _ = aux_loss(model, heads, prevs, curs, labels)
+                parts = {"loss": loss}
+            elif reading:
+                loss, _ = self._reader_loss(model, stage, rng, stage.batch_size)
                 parts = {"loss": loss}
             else:
                 batch = collate(model, draw_batch(model, stage, rng), look_kinds={k for k, _, _ in look_heads})
@@ -576,6 +594,14 @@ class Run:
         _train_mode(model, vision)
         return elapsed
 
+    def _reader_loss(self, model, stage: Stage, rng: np.random.Generator, n: int):
+        """The reader's loss and accuracies on ``n`` fresh frames (the frozen tower's features)."""
+        prevs, curs, labels = sample_frames(rng, n, model.config.frames.words, model.config.frames.grid)
+        dtype = stage.tower_dtype or self.recipe.frozen_tower_dtype
+        with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+            feats = model.vision_features(pair_pixels(model, prevs, curs))
+        return reader_loss(model, feats.float(), labels)
+
     def _average_gradients(self, params: list) -> None:
         """Data parallel: the mean gradient over processes (each drew its own examples)."""
         if self.acc.num_processes == 1:
@@ -590,6 +616,8 @@ class Run:
         model.eval()
         rng = np.random.default_rng([EVAL_SEED, ex.STAGES.index(stage.name) + 1 if stage.name in ex.STAGES else 0])
         with torch.no_grad():
+            if stage.name == "reader":
+                return {k: round(v, 4) for k, v in self._reader_loss(model, stage, rng, stage.eval_examples)[1].items()}
             if stage.name == "vision":
                 world = lambda r: ex.training_world(r, 60.0)  # noqa: E731
                 prevs, curs, labels = sample_pairs(rng, stage.eval_examples, world, dense_side=map_side(model))

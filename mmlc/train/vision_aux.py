@@ -188,13 +188,19 @@ def sample_pairs(rng: np.random.Generator, n: int, world_for, moving_fraction: f
     return np.stack(prevs), np.stack(curs), {k: torch.as_tensor(np.stack([lab[k] for lab in labels])) for k in keys}
 
 
+def pair_pixels(model, prevs: np.ndarray, curs: np.ndarray) -> torch.Tensor:
+    """The tower's input for frames ``curs`` (N, H, W, 3) that are not consecutive, each with its own
+    previous frame from ``prevs`` (the prev_frame channels; ignored when the tower sees one frame)."""
+    cur_px = model.preprocess(torch.from_numpy(np.ascontiguousarray(curs)))[:, :3]
+    if model.config.frames.temporal != "prev_frame":
+        return cur_px
+    return torch.cat([cur_px, model.preprocess(torch.from_numpy(np.ascontiguousarray(prevs)))[:, :3]], dim=1)
+
+
 def aux_loss(model, heads: AuxHeads, prevs: np.ndarray, curs: np.ndarray, labels: dict[str, torch.Tensor]):
     """Mean cross-entropy over heads; returns (loss, {head: accuracy})."""
     dev = model.device
-    prev_px = model.preprocess(torch.from_numpy(prevs))[:, :3]
-    cur_px = model.preprocess(torch.from_numpy(curs))[:, :3]
-    pixels = torch.cat([cur_px, prev_px], dim=1) if model.config.frames.temporal == "prev_frame" else cur_px
-    maps, pooled = model.vision_maps(pixels)
+    maps, pooled = model.vision_maps(pair_pixels(model, prevs, curs))
     logits = heads(model.frame_features(maps, pooled), maps if any(k.startswith("dense_") for k in labels) else None)
     losses, weights, acc = [], [], {}
     for k, lg in logits.items():

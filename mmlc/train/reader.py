@@ -1,0 +1,119 @@
+"""The ``reader`` stage: teach the word-tag reader (:mod:`mmlc.models.reader`) what each frame token holds.
+
+The tower stays frozen (its features already hold shape, colour and size per cell, 0.95-0.99 by
+probes); only the reader learns, from simulator labels: per grid cell of the frames' grid and per
+shape, whether an object of that shape overlaps the cell (the same boxes the look loss uses), that
+object's colour and size; per frame the room. Frames come from training episodes (with their
+previous frame, as a stream shows them) and, a quarter of them, from still multi-image sets (as a
+chat shows them: the image is its own previous frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmlc.data import shapeworld as sw
+
+IGNORE = -100
+
+
+def world_words(world: sw.WorldConfig | None = None) -> dict:
+    """``frames.words`` for ShapeWorld: every shape (the needle's too), colour, size and room."""
+    world = world or sw.WorldConfig()
+    return {"shapes": list(world.shapes) + list(world.needle_shapes), "colours": list(world.colours),
+            "sizes": ["small", "large"], "rooms": list(world.rooms)}
+
+
+def cell_labels(state: dict, words: dict, grid: int, frame_size: int) -> dict[str, np.ndarray]:
+    """Labels of one frame: present (G, S) 0/1, colour and size (G, S) class or IGNORE, room ()."""
+    shapes = words["shapes"]
+    g2 = grid * grid
+    present = np.zeros((g2, len(shapes)), np.float32)
+    colour = np.full((g2, len(shapes)), IGNORE, np.int64)
+    size = np.full((g2, len(shapes)), IGNORE, np.int64)
+    objects = list(state["objects"]) + ([state["needle"]] if state.get("needle") else [])
+    for o in objects:
+        s = shapes.index(o["shape"])
+        x0, y0, x1, y1 = sw.object_box(o, frame_size)
+        c0, c1 = min(int(x0 * grid), grid - 1), min(int(x1 * grid), grid - 1)
+        r0, r1 = min(int(y0 * grid), grid - 1), min(int(y1 * grid), grid - 1)
+        for r in range(r0, r1 + 1):
+            for c in range(c0, c1 + 1):
+                present[r * grid + c, s] = 1.0
+                colour[r * grid + c, s] = words["colours"].index(o["colour"])
+                size[r * grid + c, s] = words["sizes"].index(o.get("size", "small"))
+    room = np.int64(words["rooms"].index(state["room"]))
+    return {"present": present, "colour": colour, "size": size, "room": room}
+
+
+def sample_frames(rng: np.random.Generator, n: int, words: dict, grid: int, still_fraction: float = 0.25,
+                  needle_fraction: float = 0.15):
+    """``n`` (previous frame, frame) uint8 pairs (n, H, W, 3) each and their labels (stacked tensors)."""
+    from mmlc.train.examples import training_world
+
+    prevs, curs, labels = [], [], []
+    while len(curs) < n:
+        if rng.random() < still_fraction:
+            cfg = sw.WorldConfig()
+            mi = sw.generate_multi_image(int(rng.integers(0, 2**31 - 1)), config=cfg)
+            for img, state in zip(mi.images, mi.states):
+                prevs.append(img)
+                curs.append(img)
+                labels.append(cell_labels(state, words, grid, cfg.size))
+            continue
+        world = training_world(rng, 60.0)
+        if rng.random() < needle_fraction:
+            world = replace(world, needle=True)
+        ep = sw.generate_episode(int(rng.integers(0, 2**31 - 1)), world)
+        shown = [i for i in range(1, ep.n_frames) if ep.states[i].get("needle")]
+        for _ in range(4):
+            i = int(rng.choice(shown)) if shown and rng.random() < 0.5 else int(rng.integers(0, ep.n_frames))
+            prevs.append(ep.frame(max(i - 1, 0)))
+            curs.append(ep.frame(i))
+            labels.append(cell_labels(ep.states[i], words, grid, ep.config.size))
+    prevs, curs, labels = prevs[:n], curs[:n], labels[:n]
+    return np.stack(prevs), np.stack(curs), {k: torch.as_tensor(np.stack([lab[k] for lab in labels]))
+                                             for k in labels[0]}
+
+
+def reader_loss(model, feats: torch.Tensor, labels: dict[str, torch.Tensor]):
+    """Mean of the reader's four losses on frame features (N, T, Dv); returns (loss, {part: accuracy}).
+
+    Accuracies: ``present`` over all (cell, shape) pairs, and also ``present_pos`` where an object is;
+    ``colour`` / ``size`` where the shape is present; ``room`` per frame."""
+    dev = feats.device
+    lg = model.reader.logits(feats)
+    y = {k: v.to(dev) for k, v in labels.items()}
+    present = lg["present"].float()
+    losses = [F.binary_cross_entropy_with_logits(present, y["present"], pos_weight=torch.tensor(4.0, device=dev))]
+    acc = {"present": float(((present > 0).float() == y["present"]).float().mean())}
+    pos = y["present"] > 0
+    if pos.any():
+        acc["present_pos"] = float((present[pos] > 0).float().mean())
+    for k in ("colour", "size"):
+        logits, target = lg[k].float().flatten(0, 2), y[k].flatten()
+        keep = target != IGNORE
+        if keep.any():
+            losses.append(F.cross_entropy(logits[keep], target[keep]))
+            acc[k] = float((logits[keep].argmax(-1) == target[keep]).float().mean())
+    if "room" in lg:
+        losses.append(F.cross_entropy(lg["room"].float(), y["room"]))
+        acc["room"] = float((lg["room"].argmax(-1) == y["room"]).float().mean())
+    return torch.stack(losses).mean(), acc
+
+
+def enable_reader(model, words: dict | None = None) -> bool:
+    """Give ``model`` a freshly initialised reader (config ``frames.words``) unless it has one; True if new."""
+    if model.reader is not None:
+        return False
+    from mmlc.models.reader import CellReader
+
+    fc = model.config.frames
+    fc.words = words or world_words()
+    model.reader = CellReader(model.config.vision.hidden_size, fc.words, fc.reader_hidden, pooled=fc.pooled)
+    model.reader.to(model.device)
+    return True

@@ -1,0 +1,149 @@
+"""Word tags (mmlc.models.reader): labels match the rendered frame, the tags are the words' embeddings,
+the reader learns from real frames, and a recipe's reader stage survives saving, loading and resuming."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mmlc
+from mmlc.data import shapeworld as sw
+from mmlc.errors import ConfigError
+from mmlc.train import reader as rd
+from mmlc.train import recipes, trainer
+from mmlc.train.recipes import Stage
+from mmlc.train.vision_aux import pair_pixels
+
+
+def test_cell_labels_mark_the_cells_the_object_is_drawn_in():
+    """Every pixel an object paints lies in a cell labelled with its shape, colour and size, and a cell
+    labelled with nothing shows only the room (up to noise)."""
+    cfg = sw.WorldConfig(noise=0)
+    words = rd.world_words(cfg)
+    grid, seen = 4, 0
+    for seed in range(6):
+        mi = sw.generate_multi_image(seed, config=cfg)
+        for img, state in zip(mi.images, mi.states):
+            lab = rd.cell_labels(state, words, grid, cfg.size)
+            assert int(lab["room"]) == words["rooms"].index(state["room"])
+            room_rgb = np.array(sw.ROOMS[state["room"]])
+            painted = np.abs(img.astype(int) - room_rgb).sum(-1) > 60          # (H, W) object pixels
+            cell = cfg.size // grid
+            for r in range(grid):
+                for c in range(grid):
+                    block = painted[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+                    if lab["present"][r * grid + c].sum() == 0:
+                        assert block.mean() < 0.02, (seed, r, c)
+            for o in state["objects"]:
+                s = words["shapes"].index(o["shape"])
+                cells = np.flatnonzero(lab["present"][:, s])
+                assert len(cells) >= 1
+                assert set(lab["colour"][cells, s]) == {words["colours"].index(o["colour"])}
+                assert set(lab["size"][cells, s]) == {words["sizes"].index(o["size"])}
+                seen += 1
+            absent = [words["shapes"].index(sh) for sh in words["shapes"]
+                      if sh not in {o["shape"] for o in state["objects"]}]
+            assert lab["present"][:, absent].sum() == 0 and (lab["colour"][:, absent] == rd.IGNORE).all()
+    assert seen >= 10
+
+
+def _reader_model(tiny_with):
+    model = tiny_with()
+    assert rd.enable_reader(model) and not rd.enable_reader(model)   # once only
+    return model
+
+
+def test_tags_are_the_embeddings_of_the_words_read(tiny_with):
+    """A reader sure that a cell holds a small red circle adds E[" circle"] + E["red"] + E["small"] to that
+    token (and E[room] to the pooled token), each word's first token; project() = connector + tags."""
+    model = _reader_model(tiny_with)
+    rdr, words, tok = model.reader, model.config.frames.words, model.tokenizer
+    with torch.no_grad():
+        for lin in (rdr.present, rdr.colour, rdr.size, rdr.room):
+            lin.weight.zero_()
+            lin.bias.fill_(-30.0)
+        s, c, z, room = words["shapes"].index("circle"), words["colours"].index("red"), 0, 2
+        rdr.present.bias[s] = 30.0
+        rdr.colour.bias.view(len(words["shapes"]), -1)[s, c] = 30.0
+        rdr.size.bias.view(len(words["shapes"]), -1)[s, z] = 30.0
+        rdr.room.bias[room] = 30.0
+    table = model.lm.get_input_embeddings().weight
+    emb = lambda text: table[tok(text, add_special_tokens=False)["input_ids"][0]]   # noqa: E731
+    feats = torch.randn(3, model.tokens_per_frame, model.config.vision.hidden_size)
+    with torch.no_grad():
+        tags = rdr.tags(feats, table, tok)
+        want = emb(" circle") + emb("red") + emb(words["sizes"][z])
+        assert torch.allclose(tags[:, 1:], want.expand_as(tags[:, 1:]), atol=1e-4)
+        assert torch.allclose(tags[:, 0], emb(words["rooms"][room]).expand_as(tags[:, 0]), atol=1e-4)
+        assert torch.allclose(model.project(feats), model.connector(feats) + tags, atol=1e-5)
+    model.tokenizer = None
+    with pytest.raises(ConfigError, match="tokenizer"):
+        model.project(feats)
+
+
+def test_a_few_reader_steps_on_real_frames_lower_its_loss(tiny_with):
+    model = _reader_model(tiny_with)
+    rng = np.random.default_rng(0)
+    prevs, curs, labels = rd.sample_frames(rng, 24, model.config.frames.words, model.config.frames.grid)
+    assert labels["present"].shape == (24, model.config.frames.grid ** 2, len(model.config.frames.words["shapes"]))
+    assert labels["present"].sum() > 0
+    with torch.no_grad():
+        feats = model.vision_features(pair_pixels(model, prevs, curs))
+    opt = torch.optim.AdamW(model.reader.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss, acc = rd.reader_loss(model, feats, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    assert set(acc) >= {"present", "present_pos", "colour", "size", "room"}
+
+
+def test_a_reader_stage_is_saved_loaded_and_resumed(tmp_path, monkeypatch):
+    """A recipe's reader stage gives the saved model a reader (config frames.words, its weights), the loaded
+    model's frame tokens carry the tags, an interrupted reader stage resumes with its reader, and a later
+    LM stage keeps it unchanged."""
+    stages = [Stage("vision", steps=2, lr=1e-3, batch_size=4, warmup=1, eval_examples=8),
+              Stage("reader", steps=4, lr=1e-2, batch_size=8, warmup=1, eval_examples=8)]
+    factory = lambda st: (lambda: recipes.Recipe(name="tiny-smoke", preset="tiny-test",   # noqa: E731
+                                                 tokenizer_episodes=20, save_every=2, stages=st))
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory(stages))
+    calls = {"n": 0}
+    real = rd.sample_frames
+
+    def crash_on_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "sample_frames", crash_on_fourth)
+    out, logs = tmp_path / "run", []
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train("tiny-smoke", out, progress=False, log=logs.append)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == (1, 2)
+    monkeypatch.setattr(trainer, "sample_frames", real)
+    model = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append))
+    assert any(line.startswith("resuming stage 1 (reader) at step 2") for line in logs)
+    assert model.reader is not None and model.config.frames.words == rd.world_words()
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in evals if "eval" in e] == ["vision", "reader"]
+    assert 0.0 <= evals[-1]["eval"]["colour"] <= 1.0
+    px = model.preprocess(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    with torch.no_grad():
+        feats = model.vision_features(px)
+        assert not torch.allclose(model.frame_embeddings(px), model.connector(feats))
+
+    before = {k: v.clone() for k, v in model.reader.state_dict().items()}
+    more = stages + [Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2)]
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory(more))
+    later = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append))
+    assert all(torch.equal(before[k], v) for k, v in later.reader.state_dict().items())   # frozen in LM stages
+    with pytest.raises(ConfigError, match="reader"):
+        Stage("reader", steps=1, lr=1e-3, frames_grid=4)
