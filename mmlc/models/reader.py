@@ -47,6 +47,12 @@ class CellReader(nn.Module):
         self.room = nn.Linear(hidden, len(self.words["rooms"]))
         self._ids: dict[str, torch.Tensor] | None = None
 
+    @classmethod
+    def for_config(cls, config) -> "CellReader":
+        """The reader an :class:`~mmlc.config.MmlcConfig` with ``frames.words`` describes."""
+        fc = config.frames
+        return cls(config.vision.hidden_size, fc.words, fc.reader_hidden, pooled=fc.pooled)
+
     def logits(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"present": (N, G, S), "colour": (N, G, S, C), "size": (N, G, S, Z), "room": (N, R) or absent}
         for the G grid tokens (and the pooled one) of ``feats`` (N, T, Dv)."""

@@ -65,8 +65,7 @@ class StreamingLM(nn.Module):
         if config.frames.words:
             from mmlc.models.reader import CellReader
 
-            self.reader = CellReader(config.vision.hidden_size, config.frames.words, config.frames.reader_hidden,
-                                     pooled=config.frames.pooled)
+            self.reader = CellReader.for_config(config)
         self.layout: StreamLayout | None = None
         self.tokenizer = None
         mean = torch.tensor(config.vision.image_mean).view(1, 3, 1, 1)

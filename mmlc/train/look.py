@@ -53,6 +53,15 @@ def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[str
     return out
 
 
+def box_cells(box: tuple[float, float, float, float], grid: int) -> list[int]:
+    """The cells (row-major indices) of a grid x grid picture that a box (x0, y0, x1, y1, in fractions of
+    the picture) overlaps."""
+    x0, y0, x1, y1 = box
+    c0, c1 = min(int(x0 * grid), grid - 1), min(int(x1 * grid), grid - 1)
+    r0, r1 = min(int(y0 * grid), grid - 1), min(int(y1 * grid), grid - 1)
+    return [r * grid + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+
+
 def look_targets(looks: list, width: int, pooled: bool, kind: str = "answer") -> tuple[list[int], torch.Tensor]:
     """One example's :attr:`Chunk.looks` of one kind -> (query positions, key mask (N, width) bool): per
     query the placeholder positions of the pictures its answer is read from, and within a box only the
@@ -68,12 +77,8 @@ def look_targets(looks: list, width: int, pooled: bool, kind: str = "answer") ->
             if box is None or g * g != cells or g == 0:
                 keys[start:start + n] = True
                 continue
-            x0, y0, x1, y1 = box
-            c0, c1 = min(int(x0 * g), g - 1), min(int(x1 * g), g - 1)
-            r0, r1 = min(int(y0 * g), g - 1), min(int(y1 * g), g - 1)
-            for r in range(r0, r1 + 1):
-                for c in range(c0, c1 + 1):
-                    keys[start + int(pooled) + r * g + c] = True
+            for cell in box_cells(box, g):
+                keys[start + int(pooled) + cell] = True
         for q in positions:
             queries.append(q)
             rows.append(keys)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mmlc.data import shapeworld as sw
+from mmlc.train.look import box_cells
 
 IGNORE = -100
 
@@ -38,14 +39,10 @@ def cell_labels(state: dict, words: dict, grid: int, frame_size: int) -> dict[st
     objects = list(state["objects"]) + ([state["needle"]] if state.get("needle") else [])
     for o in objects:
         s = shapes.index(o["shape"])
-        x0, y0, x1, y1 = sw.object_box(o, frame_size)
-        c0, c1 = min(int(x0 * grid), grid - 1), min(int(x1 * grid), grid - 1)
-        r0, r1 = min(int(y0 * grid), grid - 1), min(int(y1 * grid), grid - 1)
-        for r in range(r0, r1 + 1):
-            for c in range(c0, c1 + 1):
-                present[r * grid + c, s] = 1.0
-                colour[r * grid + c, s] = words["colours"].index(o["colour"])
-                size[r * grid + c, s] = words["sizes"].index(o.get("size", "small"))
+        cells = box_cells(sw.object_box(o, frame_size), grid)
+        present[cells, s] = 1.0
+        colour[cells, s] = words["colours"].index(o["colour"])
+        size[cells, s] = words["sizes"].index(o.get("size", "small"))
     room = np.int64(words["rooms"].index(state["room"]))
     return {"present": present, "colour": colour, "size": size, "room": room}
 
@@ -112,8 +109,6 @@ def enable_reader(model, words: dict | None = None) -> bool:
         return False
     from mmlc.models.reader import CellReader
 
-    fc = model.config.frames
-    fc.words = words or world_words()
-    model.reader = CellReader(model.config.vision.hidden_size, fc.words, fc.reader_hidden, pooled=fc.pooled)
-    model.reader.to(model.device)
+    model.config.frames.words = words or world_words()
+    model.reader = CellReader.for_config(model.config).to(model.device)
     return True

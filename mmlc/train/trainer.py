@@ -213,10 +213,13 @@ def _row_tokens(model, feats, image_feats, image_rows, rows) -> torch.Tensor:
     if image_feats is None:
         return model.project(feats if rows is None else feats[rows])
     which = torch.cumsum(image_rows.long(), 0) - 1
-    order = range(feats.shape[0]) if rows is None else rows.tolist()
-    frame_tokens, image_tokens = model.project(feats), model.project(image_feats)
-    pieces = [image_tokens[int(which[r])] if bool(image_rows[r]) else frame_tokens[r] for r in order]
-    return torch.cat(pieces)
+    order = torch.arange(feats.shape[0], device=feats.device) if rows is None else rows
+    is_image = image_rows[order]
+    # project only the rows placed (a memory batch folds many more frames than it places), frames and
+    # images apart (their token counts may differ), then interleave them back in order
+    frames = iter(model.project(feats[order[~is_image]]))
+    images = iter(model.project(image_feats[which[order[is_image]]]))
+    return torch.cat([next(images) if bool(img) else next(frames) for img in is_image])
 
 
 def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]):
@@ -451,14 +454,14 @@ class Run:
         start_stage, start_step, elapsed = 0, 0, 0.0
         starting_from_model = state is None and self.start_from is not None
         done = state["stage"] if state is not None else (self.start_stage - 1 if starting_from_model else 0)
-        for stage in self.recipe.stages[:done]:  # what earlier stages changed in the model's structure
+        # what earlier stages changed in the model's structure, and the stage a checkpoint was saved in the
+        # middle of (a reader stage's checkpoint holds the reader)
+        built = self.recipe.stages[:done + int(state is not None and state["step"] > 0)]
+        for stage in built:
             if stage.frames_grid:
                 set_frames_grid(model, stage.frames_grid)
             if stage.name == "reader":
                 enable_reader(model)
-        if state is not None and self.recipe.stages[state["stage"]:state["stage"] + 1] and \
-                self.recipe.stages[state["stage"]].name == "reader" and state["step"] > 0:
-            enable_reader(model)   # interrupted inside the reader stage: its checkpoint holds the reader
         if state is not None:
             # a run that predates the memory bridge (recipe extended with a memory stage) has no bridge yet
             load_weights(model, ckpt / "model.safetensors", allow_missing=("bridge.", "memory_offset"))
