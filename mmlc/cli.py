@@ -190,7 +190,7 @@ def cmd_train(args) -> int:
     from mmlc.train.trainer import train
 
     out = train(args.recipe, args.out, device=args.device, resume=not args.no_resume, progress=not args.no_progress,
-                start_from=args.start_from, start_stage=args.from_stage)
+                start_from=args.start_from, start_stage=args.from_stage, keep_stages=args.keep_stages)
     if args.export:
         import shutil
         from pathlib import Path
@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "training them again ('mmlc-tiny': the embedded model); with --from-stage")
     p.add_argument("--from-stage", type=int, default=None, metavar="N",
                    help="with --from: the first stage (1-based) to train on that model")
+    p.add_argument("--keep-stages", action="store_true",
+                   help="also save the model after each stage to OUT/stages/NN-name (to evaluate each stage)")
     p.add_argument("--export", default=None, help="copy the final model to this folder (e.g. mmlc/assets/mmlc-tiny)")
     p.add_argument("--export-dtype", choices=["float16", "float32"], default="float16",
                    help="dtype of the exported weights file (default float16: half the size, loaded as float32)")

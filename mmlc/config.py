@@ -114,6 +114,9 @@ class FramesConfig:
     # {} (the default): no reader, no tags
     words: dict = field(default_factory=dict)
     reader_hidden: int = 128
+    # the tags are added times this: at 1 they were a third of an object token's norm (tags 2-5 against
+    # the connector's 8-14 in mmlc-tiny), too faint for a question's shape word to find its cells by
+    tag_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.words:
@@ -124,6 +127,8 @@ class FramesConfig:
                      "{} or lists of words under exactly 'shapes', 'colours', 'sizes' and 'rooms'")
         _require(isinstance(self.reader_hidden, int) and not isinstance(self.reader_hidden, bool)
                  and self.reader_hidden >= 1, "frames.reader_hidden", self.reader_hidden, "a positive integer")
+        _require(isinstance(self.tag_scale, (int, float)) and not isinstance(self.tag_scale, bool)
+                 and self.tag_scale > 0, "frames.tag_scale", self.tag_scale, "a number > 0")
         _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
         _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
         _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")

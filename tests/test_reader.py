@@ -79,6 +79,8 @@ def test_tags_are_the_embeddings_of_the_words_read(tiny_with):
         assert torch.allclose(tags[:, 1:], want.expand_as(tags[:, 1:]), atol=1e-4)
         assert torch.allclose(tags[:, 0], emb(words["rooms"][room]).expand_as(tags[:, 0]), atol=1e-4)
         assert torch.allclose(model.project(feats), model.connector(feats) + tags, atol=1e-5)
+        model.config.frames.tag_scale = 3.0
+        assert torch.allclose(model.project(feats), model.connector(feats) + 3.0 * tags, atol=1e-4)
     model.tokenizer = None
     with pytest.raises(ConfigError, match="tokenizer"):
         model.project(feats)
@@ -141,9 +143,25 @@ def test_a_reader_stage_is_saved_loaded_and_resumed(tmp_path, monkeypatch):
         assert not torch.allclose(model.frame_embeddings(px), model.connector(feats))
 
     before = {k: v.clone() for k, v in model.reader.state_dict().items()}
-    more = stages + [Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2)]
+    assert model.config.frames.tag_scale == 1.0
+    more = stages + [Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, tag_scale=2.5)]
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory(more))
-    later = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append))
+    later = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append, keep_stages=True))
     assert all(torch.equal(before[k], v) for k, v in later.reader.state_dict().items())   # frozen in LM stages
-    with pytest.raises(ConfigError, match="reader"):
-        Stage("reader", steps=1, lr=1e-3, frames_grid=4)
+    assert any("word tags added x2.5" in line for line in logs)
+    # the scale is saved with the model, and each stage's model is kept (the stage trained in this call)
+    assert later.config.frames.tag_scale == 2.5
+    kept = mmlc.load(out / "stages" / "03-align")
+    assert kept.config.frames.tag_scale == 2.5 and not (out / "stages" / "02-reader").exists()
+    with torch.no_grad():
+        feats = later.vision_features(px)
+        tags = later.reader.tags(feats, later.lm.get_input_embeddings().weight, later.tokenizer)
+        assert torch.allclose(later.project(feats), later.connector(feats) + 2.5 * tags, atol=1e-4)
+    for bad in (dict(name="reader", tag_scale=2.0), dict(name="align", tag_scale=-1.0),
+                dict(name="vision", tag_scale=2.0), dict(name="reader", frames_grid=4)):
+        with pytest.raises(ConfigError, match="reader|tag_scale"):
+            Stage(steps=1, lr=1e-3, **bad)
+    # a scale with no reader to scale is refused before the stage trains
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory([stages[0], more[-1]]))
+    with pytest.raises(ConfigError, match="tag_scale needs a reader stage"):
+        trainer.train("tiny-smoke", tmp_path / "noreader", progress=False)

@@ -315,6 +315,30 @@ def test_fresh_embeddings_separate_collapsed_tokens(tiny_model, which):
     torch.testing.assert_close(table.detach(), after)          # the same seed draws the same vectors
 
 
+def test_spread_embeddings_push_words_apart_and_keep_their_logit_order(tiny_model):
+    """Spreading the answer colours' embeddings from their mean lowers their cosine, moves no other
+    token, and for any hidden state keeps the order of their logits (differences scaled exactly)."""
+    tok = tiny_model.tokenizer
+    ids = trainer.word_start_tokens(tok, ["red", "green", "blue", "yellow"])
+    assert len(ids) == 4
+    table = tiny_model.lm.get_input_embeddings().weight
+    with torch.no_grad():   # nearly collapsed: a shared direction plus a little of their own
+        shared = table[ids[0]].clone()
+        table[ids] = shared + 0.3 * shared.norm() / table.shape[1] ** 0.5 * torch.randn(len(ids), table.shape[1])
+    before = table.detach().clone()
+    h = torch.randn(50, table.shape[1])
+    cos0, cos1 = trainer.spread_token_embeddings(tiny_model, ids, 3.0)
+    after = table.detach().clone()
+    assert cos0 > 0.8 and cos1 < cos0 - 0.2
+    others = [i for i in range(table.shape[0]) if i not in ids]
+    torch.testing.assert_close(after[others], before[others])
+    lb, la = h @ before[ids].T, h @ after[ids].T
+    assert torch.equal(lb.argmax(1), la.argmax(1))
+    torch.testing.assert_close(la[:, 1:] - la[:, :1], 3.0 * (lb[:, 1:] - lb[:, :1]), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ConfigError, match="spread"):
+        Stage("words", steps=1, lr=1e-3, spread_words=["red"])
+
+
 def test_chat_images_take_their_own_grid_in_training_batches(tiny_with):
     """With ``frames.image_grid`` a batch mixing a stream and a dialogue gives the stream's frames the
     frames' tokens and the dialogue's images the finer image tokens, in placeholder order, exactly

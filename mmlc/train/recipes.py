@@ -32,11 +32,20 @@ class Stage:
     # > 0: from this stage on, frames are read at frames_grid x frames_grid (the saved config says so);
     # the memory bridge keeps folding the grid it was trained on (memory.grid). For LM stages only.
     frames_grid: int = 0
+    # > 0: from this stage on, the reader's word tags are added times this (frames.tag_scale; the saved
+    # config says so). For LM stages of a model with a reader.
+    tag_scale: float = 0.0
     # words whose first token (as an answer starts, with no space before it) is drawn afresh when the
     # stage starts, like fresh_digits: in the model of stage 12 "small"/"large" had collapsed to one
     # vector (cosine 0.984) and it answered "large" to 9 of 10 size questions, though a linear probe
     # reads the size from the frame token (0.96); "yes"/"no" were at 0.93
     fresh_words: list[str] = field(default_factory=list)
+    # words (one class, e.g. the colours) whose first tokens' embeddings are spread from their mean by
+    # ``spread`` when the stage starts: E' = mean + spread * (E - mean). Unlike fresh_words this keeps
+    # what the model knows (the argmax among them is unchanged for any hidden state) while the words grow
+    # apart; mmlc-tiny's answer colours sat at cosine 0.56-0.68, and the word tags carry those vectors
+    spread_words: list[str] = field(default_factory=list)
+    spread: float = 2.0
     # the frozen tower's dtype in this stage ("": the recipe's frozen_tower_dtype): a stage appended to
     # a recipe that trained in float32 can take bfloat16's speed without changing the recipe's earlier stages
     tower_dtype: str = ""
@@ -57,9 +66,16 @@ class Stage:
         if bool(self.look_heads) != (self.look_weight > 0):
             raise ConfigError(f"Stage('{self.name}', look_heads={self.look_heads!r}, look_weight={self.look_weight}): "
                               "give both (heads and a weight > 0) or neither")
-        if self.name == "reader" and (self.frames_grid or self.look_heads or self.fresh_words or self.fresh_digits):
+        if self.name == "reader" and (self.frames_grid or self.look_heads or self.fresh_words or self.fresh_digits
+                                      or self.tag_scale or self.spread_words):
             raise ConfigError("Stage('reader'): the reader stage trains the word-tag reader alone; grids, look "
-                              "heads and fresh embeddings belong to LM stages")
+                              "heads, fresh embeddings and tag scales belong to LM stages")
+        if self.spread_words and (len(set(self.spread_words)) < 2 or self.spread <= 0):
+            raise ConfigError(f"Stage('{self.name}', spread_words={self.spread_words!r}, spread={self.spread}): "
+                              "give two or more words and a spread > 0")
+        if self.tag_scale < 0 or (self.tag_scale and self.name == "vision"):
+            raise ConfigError(f"Stage('{self.name}', tag_scale={self.tag_scale}): give a number > 0 on an LM stage "
+                              "after the reader stage, or 0 to keep the model's scale")
         if self.frames_grid and self.name == "vision":
             raise ConfigError("Stage('vision', frames_grid=...): the vision stage's heads read the preset's grid; "
                               "change the grid in a later (LM) stage")
@@ -174,7 +190,7 @@ def tiny_words() -> Recipe:
         # tower frozen), then the LM learns to read frames whose tokens carry the words' embeddings
         Stage("reader", steps=600, lr=2e-3, batch_size=64, warmup=30, eval_examples=256, tower_dtype="bfloat16"),
         Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
-              warmup=20, eval_examples=16, tower_dtype="bfloat16",
+              warmup=20, eval_examples=16, tower_dtype="bfloat16", tag_scale=3.0,
               look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2"], look_weight=0.3),
         Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
               warmup=20, eval_examples=16, tower_dtype="bfloat16",

@@ -367,10 +367,12 @@ class Run:
     """A training run in folder ``out``: prepares, resumes, trains the stages, saves the model."""
 
     def __init__(self, recipe: Recipe, out: Path, *, device=None, progress: bool = True, log=print,
-                 start_from: str | os.PathLike | None = None, start_stage: int | None = None):
+                 start_from: str | os.PathLike | None = None, start_stage: int | None = None,
+                 keep_stages: bool = False):
         from accelerate import Accelerator
 
         self.recipe, self.out, self.progress, self.log = recipe, Path(out), progress, log
+        self.keep_stages = keep_stages
         self.start_from = _check_start(recipe, start_from, start_stage)
         self.start_stage = start_stage
         cpu = device in (None, "cpu")
@@ -462,6 +464,8 @@ class Run:
                 set_frames_grid(model, stage.frames_grid)
             if stage.name == "reader":
                 enable_reader(model)
+            if stage.tag_scale:
+                model.config.frames.tag_scale = float(stage.tag_scale)
         if state is not None:
             # a run that predates the memory bridge (recipe extended with a memory stage) has no bridge yet
             load_weights(model, ckpt / "model.safetensors", allow_missing=("bridge.", "memory_offset"))
@@ -479,6 +483,12 @@ class Run:
                 self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
                          f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
                          f"{model.config.memory_grid})")
+            if stage.tag_scale and model.config.frames.tag_scale != stage.tag_scale:
+                if model.reader is None:
+                    raise ConfigError(f"recipe '{self.recipe.name}' stage {s_idx + 1} ({stage.name}): tag_scale needs "
+                                      "a reader stage before it")
+                model.config.frames.tag_scale = float(stage.tag_scale)
+                self.log(f"stage {stage.name}: word tags added x{stage.tag_scale} from here on")
             elapsed = self._train_stage(model, heads, s_idx, stage, step0, elapsed, t0)
             t0 = time.time()
         if self.main:
@@ -515,6 +525,11 @@ class Run:
             n = fresh_token_embeddings(model, word_start_tokens(model.tokenizer, stage.fresh_words),
                                        seed=self.recipe.seed + 1000 + s_idx)   # not the digits' seeds
             self.log(f"stage {stage.name}: embeddings of the {n} tokens that start {stage.fresh_words} drawn afresh")
+        if stage.spread_words and step0 == 0:
+            before, after = spread_token_embeddings(model, word_start_tokens(model.tokenizer, stage.spread_words),
+                                                    stage.spread)
+            self.log(f"stage {stage.name}: embeddings of {stage.spread_words} spread x{stage.spread} from their "
+                     f"mean (mean cosine {before:.2f} -> {after:.2f})")
         for p in model.parameters():
             p.requires_grad_(False)
         if reading:
@@ -594,6 +609,10 @@ class Run:
                 f.write(json.dumps({"stage": stage.name, "eval": report, "elapsed": round(elapsed, 1)}) + "\n")
         next_stage = s_idx + 1
         self._save(model, heads, None, next_stage, 0, elapsed)
+        if self.keep_stages and self.main:   # each stage's model, loadable as it is (mmlc.load(folder))
+            folder = self.out / "stages" / f"{next_stage:02d}-{stage.name}"
+            shutil.rmtree(folder, ignore_errors=True)
+            save_pretrained(model, folder)
         _train_mode(model, vision)
         return elapsed
 
@@ -704,6 +723,31 @@ def fresh_token_embeddings(model, ids: list[int], seed: int) -> int:
     return len(ids)
 
 
+def spread_token_embeddings(model, ids: list[int], factor: float) -> tuple[float, float]:
+    """E' = mean + factor * (E - mean) over the rows ``ids`` of the input (and an untied output)
+    embedding: the rows grow apart (factor > 1) while, for any hidden state h, h.E'_i - h.E'_j =
+    factor * (h.E_i - h.E_j), so their order of logits is kept. Returns the mean pairwise cosine
+    of the input rows before and after."""
+    table = model.lm.get_input_embeddings().weight
+
+    def mean_cos(rows: torch.Tensor) -> float:
+        e = torch.nn.functional.normalize(rows.float(), dim=-1)
+        n = len(rows)
+        return float(((e @ e.T).sum() - n) / (n * (n - 1)))
+
+    with torch.no_grad():
+        before = mean_cos(table[ids])
+        tables = [table]
+        out = model.lm.get_output_embeddings()
+        if out is not None and out.weight is not table:
+            tables.append(out.weight)
+        for t in tables:
+            rows = t[ids]
+            centre = rows.mean(0, keepdim=True)
+            t[ids] = centre + factor * (rows - centre)
+        return before, mean_cos(table[ids])
+
+
 def _with_defaults(saved: dict) -> dict:
     """A saved recipe dict with fields added to Recipe/Stage since it was saved at their defaults, so a
     run folder from before a new field compares equal to the same recipe today ({} if unreadable)."""
@@ -775,15 +819,17 @@ def _check_start(rec: Recipe, start_from, start_stage) -> Path | None:
 
 
 def train(recipe_name: str, out: str | os.PathLike, *, device=None, resume: bool = True, progress: bool = True,
-          log=print, start_from: str | os.PathLike | None = None, start_stage: int | None = None) -> Path:
+          log=print, start_from: str | os.PathLike | None = None, start_stage: int | None = None,
+          keep_stages: bool = False) -> Path:
     """Run (or resume) recipe ``recipe_name`` into folder ``out``; returns the final model folder.
 
     ``start_from`` (a model folder) with ``start_stage`` (1-based) skips the recipe's earlier stages:
     the run takes that model (weights and tokenizer) as what they made and trains from that stage on,
-    e.g. the shipped mmlc-tiny and the stage a recipe gained after it was exported."""
+    e.g. the shipped mmlc-tiny and the stage a recipe gained after it was exported. ``keep_stages``:
+    also save the model after each stage to ``out/stages/NN-name`` (a few MB each), to evaluate them."""
     rec = get_recipe(recipe_name)
     if device not in (None, "cpu", "cuda", "auto"):
         raise ConfigError(f"device {device!r} is not supported for training: use cpu, cuda or auto "
                           "(several GPUs: accelerate launch -m mmlc train ...)")
     return Run(rec, Path(out), device=None if device in (None, "cpu") else "cuda", progress=progress,
-               log=log, start_from=start_from, start_stage=start_stage).train(resume=resume)
+               log=log, start_from=start_from, start_stage=start_stage, keep_stages=keep_stages).train(resume=resume)
