@@ -163,5 +163,5 @@ def test_a_reader_stage_is_saved_loaded_and_resumed(tmp_path, monkeypatch):
             Stage(steps=1, lr=1e-3, **bad)
     # a scale with no reader to scale is refused before the stage trains
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory([stages[0], more[-1]]))
-    with pytest.raises(ConfigError, match="tag_scale needs a reader stage"):
+    with pytest.raises(ConfigError, match="no reader yet"):
         trainer.train("tiny-smoke", tmp_path / "noreader", progress=False)

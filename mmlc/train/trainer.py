@@ -465,7 +465,7 @@ class Run:
             if stage.name == "reader":
                 enable_reader(model)
             if stage.tag_scale:
-                model.config.frames.tag_scale = float(stage.tag_scale)
+                set_tag_scale(model, stage.tag_scale)
         if state is not None:
             # a run that predates the memory bridge (recipe extended with a memory stage) has no bridge yet
             load_weights(model, ckpt / "model.safetensors", allow_missing=("bridge.", "memory_offset"))
@@ -483,11 +483,7 @@ class Run:
                 self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
                          f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
                          f"{model.config.memory_grid})")
-            if stage.tag_scale and model.config.frames.tag_scale != stage.tag_scale:
-                if model.reader is None:
-                    raise ConfigError(f"recipe '{self.recipe.name}' stage {s_idx + 1} ({stage.name}): tag_scale needs "
-                                      "a reader stage before it")
-                model.config.frames.tag_scale = float(stage.tag_scale)
+            if stage.tag_scale and set_tag_scale(model, stage.tag_scale):
                 self.log(f"stage {stage.name}: word tags added x{stage.tag_scale} from here on")
             elapsed = self._train_stage(model, heads, s_idx, stage, step0, elapsed, t0)
             t0 = time.time()
@@ -676,6 +672,15 @@ class Run:
 def digit_tokens(tokenizer) -> list[int]:
     """Ids of the tokens that are digits (with or without a leading space)."""
     return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()]
+
+
+def set_tag_scale(model, scale: float) -> bool:
+    """Add the reader's word tags times ``scale`` from now on (frames.tag_scale). Returns whether it changed."""
+    if model.reader is None:
+        raise ConfigError(f"tag_scale={scale}: this model has no reader yet; put the stage after a reader stage")
+    changed = model.config.frames.tag_scale != scale
+    model.config.frames.tag_scale = float(scale)
+    return changed
 
 
 def set_frames_grid(model, grid: int) -> bool:
