@@ -30,6 +30,7 @@ from mmlc.errors import ConfigError
 Trigger = Literal["live", "interval"]
 Temporal = Literal["none", "prev_frame"]
 TRIGGERS = ("live", "interval")
+TAG_MODES = ("cell", "object")
 TEMPORALS = ("none", "prev_frame")
 
 
@@ -117,6 +118,10 @@ class FramesConfig:
     # the tags are added times this: at 1 a tag was 2.6 in norm against the connector's 6.5 at object
     # cells in mmlc-tiny, too faint for a question's shape word to find its cells by
     tag_scale: float = 1.0
+    # how a cell's tag binds words: "cell" sums every shape the cell holds with that shape's colour and
+    # size there (a bag where two objects share a cell); "object" reads each shape's colour and size once
+    # a frame and gives a cell the words of the one object it holds most surely (mmlc.models.reader)
+    tag_mode: str = "cell"
 
     def __post_init__(self) -> None:
         if self.words:
@@ -129,6 +134,7 @@ class FramesConfig:
                  and self.reader_hidden >= 1, "frames.reader_hidden", self.reader_hidden, "a positive integer")
         _require(isinstance(self.tag_scale, (int, float)) and not isinstance(self.tag_scale, bool)
                  and self.tag_scale > 0, "frames.tag_scale", self.tag_scale, "a number > 0")
+        _require(self.tag_mode in TAG_MODES, "frames.tag_mode", self.tag_mode, f"one of {TAG_MODES}")
         _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
         _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
         _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")

@@ -86,6 +86,40 @@ def test_tags_are_the_embeddings_of_the_words_read(tiny_with):
         model.project(feats)
 
 
+def test_object_tags_give_a_shared_cell_one_object_and_each_shape_its_frame_colour(tiny_with):
+    """tag_mode "object": a cell two shapes share carries only the surer one's words, and every cell of a
+    shape carries the colour read over all its cells; "cell" mode keeps the bag (both shapes, each with
+    the colour read in that cell). The reader's logits are set by hand (the binding is what is tested)."""
+    model = _reader_model(tiny_with)
+    rdr, words, tok = model.reader, model.config.frames.words, model.tokenizer
+    S, C, Z = (len(words[k]) for k in ("shapes", "colours", "sizes"))
+    ci, sq = words["shapes"].index("circle"), words["shapes"].index("square")
+    green, red, blue = (words["colours"].index(c) for c in ("green", "red", "blue"))
+    small, large = words["sizes"].index("small"), words["sizes"].index("large")
+    present = torch.full((1, 3, S), -30.0)
+    colour, size = torch.full((1, 3, S, C), -30.0), torch.full((1, 3, S, Z), -30.0)
+    present[0, 0, ci], colour[0, 0, ci, green], size[0, 0, ci, small] = 30.0, 30.0, 30.0
+    present[0, :, sq] = torch.tensor([28.0, 30.0, 30.0])           # the square is less sure in cell 0
+    colour[0, 0, sq, blue] = colour[0, 1, sq, red] = colour[0, 2, sq, red] = 30.0   # misread in cell 0
+    size[0, :, sq, large] = 30.0
+    rdr.logits = lambda feats: {"present": present, "colour": colour, "size": size,   # noqa: E731
+                                "room": torch.zeros(1, len(words["rooms"]))}
+    table = model.lm.get_input_embeddings().weight.detach()
+    emb = lambda text: table[tok(text, add_special_tokens=False)["input_ids"][0]]   # noqa: E731
+    feats = torch.zeros(1, 4, model.config.vision.hidden_size)
+    circle = emb(" circle") + emb("green") + emb("small")
+    cell = rdr.tags(feats, table, tok, mode="cell")[0, 1:]
+    assert torch.allclose(cell[0], circle + emb(" square") + emb("blue") + emb("large"), atol=1e-4)
+    obj = rdr.tags(feats, table, tok, mode="object")[0, 1:]
+    assert torch.allclose(obj[0], circle, atol=1e-3)
+    square = emb(" square") + (2 * emb("red") + emb("blue")) / 3 + emb("large")
+    assert torch.allclose(obj[1], square, atol=1e-3) and torch.allclose(obj[2], square, atol=1e-3)
+    model.config.frames.tag_mode = "object"
+    assert torch.allclose(model.project(feats)[0, 1:], model.connector(feats)[0, 1:] + obj, atol=1e-4)
+    with pytest.raises(ValueError, match="tag mode"):
+        rdr.tags(feats, table, tok, mode="slots")
+
+
 def test_a_few_reader_steps_on_real_frames_lower_its_loss(tiny_with):
     model = _reader_model(tiny_with)
     rng = np.random.default_rng(0)
@@ -144,22 +178,24 @@ def test_a_reader_stage_is_saved_loaded_and_resumed(tmp_path, monkeypatch):
 
     before = {k: v.clone() for k, v in model.reader.state_dict().items()}
     assert model.config.frames.tag_scale == 1.0
-    more = stages + [Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, tag_scale=2.5)]
+    more = stages + [Stage("align", steps=2, lr=1e-3, batch_size=2, warmup=1, eval_examples=2, tag_scale=2.5,
+                            tag_mode="object")]
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory(more))
     later = mmlc.load(trainer.train("tiny-smoke", out, progress=False, log=logs.append, keep_stages=True))
     assert all(torch.equal(before[k], v) for k, v in later.reader.state_dict().items())   # frozen in LM stages
-    assert any("word tags added x2.5" in line for line in logs)
+    assert any("word tags bound per object, added x2.5" in line for line in logs)
     # the scale is saved with the model, and each stage's model is kept (the stage trained in this call)
-    assert later.config.frames.tag_scale == 2.5
+    assert (later.config.frames.tag_scale, later.config.frames.tag_mode) == (2.5, "object")
     kept = mmlc.load(out / "stages" / "03-align")
-    assert kept.config.frames.tag_scale == 2.5 and not (out / "stages" / "02-reader").exists()
+    assert (kept.config.frames.tag_scale, kept.config.frames.tag_mode) == (2.5, "object") and not (out / "stages" / "02-reader").exists()
     with torch.no_grad():
         feats = later.vision_features(px)
-        tags = later.reader.tags(feats, later.lm.get_input_embeddings().weight, later.tokenizer)
+        tags = later.reader.tags(feats, later.lm.get_input_embeddings().weight, later.tokenizer, mode="object")
         assert torch.allclose(later.project(feats), later.connector(feats) + 2.5 * tags, atol=1e-4)
     for bad in (dict(name="reader", tag_scale=2.0), dict(name="align", tag_scale=-1.0),
-                dict(name="vision", tag_scale=2.0), dict(name="reader", frames_grid=4)):
-        with pytest.raises(ConfigError, match="reader|tag_scale"):
+                dict(name="vision", tag_scale=2.0), dict(name="reader", frames_grid=4),
+                dict(name="reader", tag_mode="object"), dict(name="align", tag_mode="slots")):
+        with pytest.raises(ConfigError, match="reader|tag_scale|tag_mode"):
             Stage(steps=1, lr=1e-3, **bad)
     # a scale with no reader to scale is refused before the stage trains
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory([stages[0], more[-1]]))

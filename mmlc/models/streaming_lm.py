@@ -142,14 +142,15 @@ class StreamingLM(nn.Module):
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         """Frame or image features (N, T, Dv) -> tokens at the LM width (N, T, D): the connector, plus the
-        reader's word tags (times ``frames.tag_scale``) when the model has a reader (``frames.words``;
+        reader's word tags (bound as ``frames.tag_mode`` says, times ``frames.tag_scale``) when the model has a reader (``frames.words``;
         :mod:`mmlc.models.reader`)."""
         tokens = self.connector(feats)
         if self.reader is not None:
             if self.tokenizer is None:
                 raise ConfigError("this model's frame tokens carry word tags (frames.words), which need its "
                                   "tokenizer: load it with mmlc.load() or attach model.tokenizer")
-            tags = self.reader.tags(feats, self.lm.get_input_embeddings().weight, self.tokenizer)
+            tags = self.reader.tags(feats, self.lm.get_input_embeddings().weight, self.tokenizer,
+                                    mode=self.config.frames.tag_mode)
             tokens = tokens + tags * self.config.frames.tag_scale
         return tokens
 

@@ -35,6 +35,9 @@ class Stage:
     # > 0: from this stage on, the reader's word tags are added times this (frames.tag_scale; the saved
     # config says so). For LM stages of a model with a reader.
     tag_scale: float = 0.0
+    # "cell" or "object": from this stage on, the word tags bind as frames.tag_mode says ("": keep the
+    # model's). For LM stages of a model with a reader.
+    tag_mode: str = ""
     # words whose first token (as an answer starts, with no space before it) is drawn afresh when the
     # stage starts, like fresh_digits: in the model of stage 12 "small"/"large" had collapsed to one
     # vector (cosine 0.984) and it answered "large" to 9 of 10 size questions, though a linear probe
@@ -67,7 +70,7 @@ class Stage:
             raise ConfigError(f"Stage('{self.name}', look_heads={self.look_heads!r}, look_weight={self.look_weight}): "
                               "give both (heads and a weight > 0) or neither")
         if self.name == "reader" and (self.frames_grid or self.look_heads or self.fresh_words or self.fresh_digits
-                                      or self.tag_scale or self.spread_words):
+                                      or self.tag_scale or self.tag_mode or self.spread_words):
             raise ConfigError("Stage('reader'): the reader stage trains the word-tag reader alone; grids, look "
                               "heads, fresh embeddings and tag scales belong to LM stages")
         if self.spread_words and (len(set(self.spread_words)) < 2 or self.spread <= 0):
@@ -76,6 +79,9 @@ class Stage:
         if self.tag_scale < 0 or (self.tag_scale and self.name == "vision"):
             raise ConfigError(f"Stage('{self.name}', tag_scale={self.tag_scale}): give a number > 0 on an LM stage "
                               "after the reader stage, or 0 to keep the model's scale")
+        if self.tag_mode not in ("", "cell", "object") or (self.tag_mode and self.name == "vision"):
+            raise ConfigError(f"Stage('{self.name}', tag_mode={self.tag_mode!r}): give 'cell' or 'object' on an LM "
+                              "stage after the reader stage, or '' to keep the model's")
         if self.frames_grid and self.name == "vision":
             raise ConfigError("Stage('vision', frames_grid=...): the vision stage's heads read the preset's grid; "
                               "change the grid in a later (LM) stage")
@@ -191,7 +197,7 @@ def tiny_words() -> Recipe:
         # tower frozen), then the LM learns to read frames whose tokens carry the words' embeddings
         Stage("reader", steps=600, lr=2e-3, batch_size=64, warmup=30, eval_examples=256, tower_dtype="bfloat16"),
         Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
-              warmup=20, eval_examples=16, tower_dtype="bfloat16", tag_scale=3.0,
+              warmup=20, eval_examples=16, tower_dtype="bfloat16", tag_scale=3.0, tag_mode="object",
               look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2"], look_weight=0.3),
         Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
               warmup=20, eval_examples=16, tower_dtype="bfloat16",

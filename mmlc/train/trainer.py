@@ -464,8 +464,8 @@ class Run:
                 set_frames_grid(model, stage.frames_grid)
             if stage.name == "reader":
                 enable_reader(model)
-            if stage.tag_scale:
-                set_tag_scale(model, stage.tag_scale)
+            if stage.tag_scale or stage.tag_mode:
+                set_tags(model, stage.tag_scale, stage.tag_mode)
         if state is not None:
             # a run that predates the memory bridge (recipe extended with a memory stage) has no bridge yet
             load_weights(model, ckpt / "model.safetensors", allow_missing=("bridge.", "memory_offset"))
@@ -483,8 +483,9 @@ class Run:
                 self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
                          f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
                          f"{model.config.memory_grid})")
-            if stage.tag_scale and set_tag_scale(model, stage.tag_scale):
-                self.log(f"stage {stage.name}: word tags added x{stage.tag_scale} from here on")
+            if (stage.tag_scale or stage.tag_mode) and set_tags(model, stage.tag_scale, stage.tag_mode):
+                fc = model.config.frames
+                self.log(f"stage {stage.name}: word tags bound per {fc.tag_mode}, added x{fc.tag_scale} from here on")
             elapsed = self._train_stage(model, heads, s_idx, stage, step0, elapsed, t0)
             t0 = time.time()
         if self.main:
@@ -674,13 +675,19 @@ def digit_tokens(tokenizer) -> list[int]:
     return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()]
 
 
-def set_tag_scale(model, scale: float) -> bool:
-    """Add the reader's word tags times ``scale`` from now on (frames.tag_scale). Returns whether it changed."""
+def set_tags(model, scale: float = 0.0, mode: str = "") -> bool:
+    """From now on add the reader's word tags times ``scale`` (frames.tag_scale; 0 keeps it) and bind them
+    as ``mode`` says (frames.tag_mode; "" keeps it). Returns whether anything changed."""
     if model.reader is None:
-        raise ConfigError(f"tag_scale={scale}: this model has no reader yet; put the stage after a reader stage")
-    changed = model.config.frames.tag_scale != scale
-    model.config.frames.tag_scale = float(scale)
-    return changed
+        raise ConfigError(f"tag_scale={scale}, tag_mode={mode!r}: this model has no reader yet; put the stage "
+                          "after a reader stage")
+    fc = model.config.frames
+    before = (fc.tag_scale, fc.tag_mode)
+    if scale:
+        fc.tag_scale = float(scale)
+    if mode:
+        fc.tag_mode = mode
+    return (fc.tag_scale, fc.tag_mode) != before
 
 
 def set_frames_grid(model, grid: int) -> bool:
