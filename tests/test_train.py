@@ -87,6 +87,37 @@ def test_lr_schedule():
     assert trainer.lr_at(st, 99) == pytest.approx(0.1, abs=1e-3)
 
 
+def test_a_kill_at_a_stage_end_keeps_the_stage_model_whole(tmp_path, monkeypatch):
+    """--keep-stages: the stage's model folder is written (whole, under a temporary name, then
+    renamed) before the checkpoint moves on, so a kill between the two loses nothing."""
+    full_recipe = recipes.RECIPES["tiny-smoke"]
+
+    def two_stages():
+        r = full_recipe()
+        r.stages = r.stages[:2]    # vision, align
+        return r
+
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", two_stages)
+    real_save = trainer.Run._save
+
+    def killed_at_stage_end(self, model, heads, opt, stage, step, elapsed):
+        if (stage, step) == (1, 0):     # the checkpoint that says "vision done, align next"
+            raise KeyboardInterrupt("simulated kill")
+        return real_save(self, model, heads, opt, stage, step, elapsed)
+
+    out, logs = tmp_path / "run", []
+    monkeypatch.setattr(trainer.Run, "_save", killed_at_stage_end)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train("tiny-smoke", out, progress=False, log=logs.append, keep_stages=True)
+    import mmlc
+    kept = mmlc.load(out / "stages" / "01-vision")     # whole and loadable although the run died
+    assert kept.config.name and not list((out / "stages").glob("*.tmp"))
+    monkeypatch.setattr(trainer.Run, "_save", real_save)
+    final = trainer.train("tiny-smoke", out, progress=False, log=logs.append, keep_stages=True)
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-vision", "02-align"]
+    assert (final / "model.safetensors").is_file()
+
+
 def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
     out = tmp_path / "run"
     logs: list[str] = []

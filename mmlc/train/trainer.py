@@ -605,11 +605,17 @@ class Run:
             with open(log_file, "a") as f:
                 f.write(json.dumps({"stage": stage.name, "eval": report, "elapsed": round(elapsed, 1)}) + "\n")
         next_stage = s_idx + 1
-        self._save(model, heads, None, next_stage, 0, elapsed)
         if self.keep_stages and self.main:   # each stage's model, loadable as it is (mmlc.load(folder))
+            # Written whole under a temporary name, then renamed, and before the checkpoint moves on
+            # to the next stage: a run killed here redoes the stage's tail and writes it again, and
+            # never leaves a half-written stage folder.
             folder = self.out / "stages" / f"{next_stage:02d}-{stage.name}"
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_pretrained(model, tmp)
             shutil.rmtree(folder, ignore_errors=True)
-            save_pretrained(model, folder)
+            os.replace(tmp, folder)
+        self._save(model, heads, None, next_stage, 0, elapsed)
         _train_mode(model, vision)
         return elapsed
 
