@@ -62,6 +62,15 @@ def test_stream_questions_take_two_hops_through_their_last_word(tiny_model):
     vias = [look for look in seq.looks if look[2] == "via"]
     assert vias == [(answers[0][0], [(word, 1, None)], "via")]
     assert sum(look[2] == "obj" for look in seq.looks) == 1
+    # off (Stage.stream_hops, default False: recipe tiny's look stages were trained without them),
+    # the same timeline keeps only the answers' own looks
+    plain = lay.build([Frame(0), Frame(1), Question("what colour is the circle?", "red.", look=[(1, box)])],
+                      stream_hops=False)
+    assert [look[2] for look in plain.looks] == ["answer"]
+    from mmlc.train.recipes import Stage, recipe
+    assert Stage("words", steps=1, lr=1e-3).stream_hops is False
+    assert not any(s.stream_hops for s in recipe("tiny").stages)
+    assert [s.stream_hops for s in recipe("tiny-words").stages[-3:]] == [True, True, True]
 
 
 def test_look_targets_cover_the_box_cells_only():

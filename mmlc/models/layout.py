@@ -234,8 +234,12 @@ class StreamLayout:
         return start + len(stem) if stem and ids[:len(stem)] == stem else None
 
     # ---------------------------------------------------------------- whole timelines
-    def build(self, items: list, system: str | None = None, with_prefix: bool = True) -> Chunk:
+    def build(self, items: list, system: str | None = None, with_prefix: bool = True,
+              stream_hops: bool = True) -> Chunk:
         """Concatenate the chunks of a timeline and shift labels into next-token targets.
+
+        ``stream_hops``: a stream question about an object also gets the two looks through its last
+        word (``obj`` and ``via``, see ``_subject_looks``); off, only the answer's own look.
 
         Returns a chunk whose ``labels[i]`` is the target predicted at position i.
         """
@@ -307,7 +311,7 @@ class StreamLayout:
                 asked = len(seq)
                 seq.extend(self.question_prompt(item.text))
                 if item.answer is not None:
-                    add_answer(item.answer, item.look, subject=self._last_word(item.text, asked) if item.look else None)
+                    add_answer(item.answer, item.look, subject=self._last_word(item.text, asked) if item.look and stream_hops else None)
             elif isinstance(item, Turn):
                 asked = len(seq)
                 add(self.user_turn(item.parts))

@@ -45,14 +45,15 @@ EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
 
 # ---------------------------------------------------------------------- batches
-def collate(model, examples: list[ex.Example], look_kinds=()) -> dict[str, torch.Tensor]:
+def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool = True) -> dict[str, torch.Tensor]:
     """Examples -> padded ids/labels/kinds (B, L), attention mask, and pixels (N, C, S, S); for each of
     ``look_kinds`` that the examples have, ``batch["looks"][kind]`` = the addressing loss's targets
-    (rows, query positions, key mask; :func:`mmlc.train.look.look_targets`)."""
+    (rows, query positions, key mask; :func:`mmlc.train.look.look_targets`). ``stream_hops``: see
+    :meth:`StreamLayout.build` (:attr:`Stage.stream_hops`)."""
     lay = model.layout
     seqs = []
     for e in examples:
-        seq = lay.build(e.items)
+        seq = lay.build(e.items, stream_hops=stream_hops)
         if not e.decisions:
             seq.labels = [IGNORE if k == DECISION else y for y, k in zip(seq.labels, seq.kinds)]
             seq.kinds = [0 if k == DECISION else k for k in seq.kinds]
@@ -572,7 +573,8 @@ class Run:
                 loss, _ = self._reader_loss(model, stage, rng, stage.batch_size)
                 parts = {"loss": loss}
             else:
-                batch = collate(model, draw_batch(model, stage, rng), look_kinds={k for k, _, _ in look_heads})
+                batch = collate(model, draw_batch(model, stage, rng), look_kinds={k for k, _, _ in look_heads},
+                                stream_hops=stage.stream_hops)
                 parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
                                    tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype,
                                    look_heads=look_heads, look_weight=stage.look_weight)
