@@ -8,7 +8,9 @@ mass, ``mmlc.train.look``).
 
     python benchmarks/answer_attention.py [MODEL] [N] [HEADS]
 
-HEADS default: 3.2 (the head the look stages teach to read answers).
+HEADS default: 3.2 (the head the look stages teach to read answers). A head given as ``read:L.H``
+reports, instead of attention, how often what that head alone writes into the logits (its direct
+logit attribution, :func:`mmlc.train.look.head_read_logits`) has the right answer word first.
 
 mmlc-tiny after stage 17 (N = 100, frames with two or more objects): colour 17/37 and size 13/29
 right, near chance; head 3.2 puts 0.52 of its attention on the named object's cells and 0.50 on
@@ -54,7 +56,7 @@ def main(model_path: str | None = None, n: int = 100, heads: str = "3.2") -> dic
         frames = np.stack([ep.frame(i) for i in range(start, last + 1)])
         for target, o in (("named", obj), ("other", other)):
             items = [Frame(i) for i in range(length)] + [Question(question, answer, look=[(length - 1, sw.object_box(o, ep.config.size))])]
-            batch = collate(model, [ex.Example(items, frames, ep.frame(max(start - 1, 0)))], look_kinds=("answer",))
+            batch = collate(model, [ex.Example(items, frames, ep.frame(max(start - 1, 0)))], look_kinds={k for k, _, _ in specs})
             with torch.no_grad():
                 parts, logits = lm_step(model, batch, look_heads=specs, look_weight=1.0)
             keep = batch["labels"] >= 0

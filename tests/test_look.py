@@ -63,10 +63,10 @@ def test_stream_questions_take_two_hops_through_their_last_word(tiny_model):
     assert vias == [(answers[0][0], [(word, 1, None)], "via")]
     assert sum(look[2] == "obj" for look in seq.looks) == 1
     # off (Stage.stream_hops, default False: recipe tiny's look stages were trained without them),
-    # the same timeline keeps only the answers' own looks
+    # the same timeline keeps only the answer's own looks (and its read position)
     plain = lay.build([Frame(0), Frame(1), Question("what colour is the circle?", "red.", look=[(1, box)])],
                       stream_hops=False)
-    assert [look[2] for look in plain.looks] == ["answer"]
+    assert [look[2] for look in plain.looks] == ["answer", "read"]
     from mmlc.train.recipes import Stage, recipe
     assert Stage("words", steps=1, lr=1e-3).stream_hops is False
     assert not any(s.stream_hops for s in recipe("tiny").stages)
@@ -162,3 +162,73 @@ def test_look_heads_are_checked():
         Stage("dialogues", steps=1, lr=1e-3, look_heads=["1.0"])
     with pytest.raises(ConfigError, match="give both"):
         Stage("dialogues", steps=1, lr=1e-3, look_weight=0.5)
+
+
+def test_a_read_head_writes_its_share_of_the_logits(tiny_with):
+    """``head_read_logits``: what each head of the last layer writes, through its slice of o_proj,
+    the last norm and the output layer, sums over the heads to the logits of the layer's whole
+    attention output at the same positions; and a ``read`` look only asks for answer words the word
+    tags carry ("red" of "what colour is the square?", never "image" of "image 2.")."""
+    from mmlc.train import reader as rd
+    from mmlc.train.look import head_read_logits
+
+    model = tiny_with(**{"frames.image_grid": 2})
+    rd.enable_reader(model)
+    rng = np.random.default_rng(4)
+    examples = [ex.multi_image_example(rng), ex.qa_stream_example(rng)]
+    while not any(isinstance(t, Turn) and t.answer and t.answer.startswith("image") and t.look
+                  and any(box is not None for _, box in t.look) for t in examples[-1].items):
+        examples.append(ex.dense_dialogue_example(rng))    # up to one with "which image has a red star?"
+    batch = trainer.collate(model, examples, look_kinds=["answer", "read"])
+    rows, queries, _ = batch["looks"]["read"]
+    asked = {int(t) for t in batch["labels"][rows, queries]}
+    assert asked and asked <= trainer._readable_ids(model)
+    image = model.layout.answer("image 2.").ids[0]
+    assert image not in trainer._readable_ids(model)
+    with_box = [look for s in (model.layout.build(e.items) for e in examples) for look in s.looks
+                if look[2] == "answer" and any(box is not None for _, _, box in look[1])]
+    assert len(rows) < len(with_box)     # "which image has a red star?" -> "image 1." is left out
+    arows, aqueries, _ = batch["looks"]["answer"]
+    last = model.lm.config.num_hidden_layers - 1
+    attn = model.lm.get_decoder().layers[last].self_attn
+    written = {}
+    hook = attn.o_proj.register_forward_hook(lambda m, a, out: written.__setitem__("out", out))
+    with torch.no_grad():
+        feats, image_feats = trainer._features(model, batch["pixels"], batch.get("image_rows"))
+        tokens = trainer._row_tokens(model, feats, image_feats, batch.get("image_rows"), None)
+        embeds = model.embed(batch["input_ids"], tokens, None, batch.get("tags"))
+        with AttentionTap(model.lm, [last], final=True) as tap:
+            model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        hook.remove()
+        hidden, (cos, sin) = tap.inputs[last]
+        total = sum(head_read_logits(model.lm, tap, last, h, head_attention(attn, hidden, cos, sin, h, arows, aqueries,
+                                                                           batch["attention_mask"]), arows, aqueries)
+                    for h in range(model.lm.config.num_attention_heads))
+        norm = model.lm.get_decoder().norm
+        resid = tap.final[arows, aqueries]
+        rms = torch.sqrt(resid.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        theirs = model.lm.get_output_embeddings()(norm.weight * written["out"][arows, aqueries] / rms)
+    torch.testing.assert_close(total, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_a_read_head_learns_to_write_the_answer(tiny_with):
+    """A few steps of the read loss alone (on that head's attention weights only) lower it: its gradient
+    reaches the head's values and output projection."""
+    from mmlc.train import reader as rd
+
+    model = tiny_with(**{"frames.image_grid": 2})
+    rd.enable_reader(model)
+    heads = parse_heads(["read:1.0"], model.lm.config.num_hidden_layers, model.lm.config.num_attention_heads)
+    rng = np.random.default_rng(6)
+    batch = trainer.collate(model, [ex.qa_stream_example(rng) for _ in range(3)], look_kinds=["read"])
+    params = [p for n, p in model.lm.named_parameters() if "layers.1.self_attn" in n]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for _ in range(8):
+        parts, _ = trainer.lm_step(model, batch, look_heads=heads, look_weight=1.0)
+        opt.zero_grad()
+        parts["look_loss"].backward()
+        opt.step()
+        losses.append(float(parts["look_loss"].detach()))
+    # (a head's share is bounded: it is divided by the residual's RMS, which its own write grows)
+    assert "read@1.0" in parts["look_heads_mass"] and losses[-1] < 0.95 * losses[0]

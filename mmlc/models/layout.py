@@ -104,7 +104,8 @@ class Chunk:
     # pictures it is read from as (first placeholder position, placeholder count, box or None), kind):
     # kind "answer"; in chat also "name" (the number token that names image k -> image k), "obj" (that
     # number token -> the cells of the object the question names in image k, where it names one) and
-    # "via" (the answer -> that number token)
+    # "via" (the answer -> that number token); "read": the position that predicts the first word of
+    # an answer about one object (its colour, size) -> that object's cells
     looks: list | None = None
 
     def extend(self, other: "Chunk") -> "Chunk":
@@ -269,6 +270,9 @@ class StreamLayout:
                     raise ValueError(f"look names pictures {missing} that no earlier item of the timeline shows")
                 queries = list(range(start - 1, start + max(len(chunk) - 1, 1) - 1))   # predict its tokens, not {end}
                 looks.append((queries, [(*placed[i], box) for i, box in look], "answer"))
+                objects = [(*placed[i], box) for i, box in look if isinstance(i, int) and box is not None]
+                if objects:
+                    looks.append((queries[:1], objects, "read"))
                 if asked is not None:
                     _name_looks(queries, look, asked)
                 if subject is not None:

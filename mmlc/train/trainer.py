@@ -45,6 +45,18 @@ EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
 
 # ---------------------------------------------------------------------- batches
+def _readable_ids(model) -> set[int]:
+    """Token ids of the answer words a frame token's word tags carry (``frames.words``: colours,
+    sizes, shapes, rooms), as the first token of an answer ("red." -> "red")."""
+    words = [w for group in (model.config.frames.words or {}).values() for w in group]
+    return {model.layout.answer(f"{w}.").ids[0] for w in words}
+
+
+def _keep(queries: list[int], keys: torch.Tensor, which: list[bool]) -> tuple[list[int], torch.Tensor]:
+    idx = [i for i, w in enumerate(which) if w]
+    return [queries[i] for i in idx], keys[idx] if idx else keys[:0]
+
+
 def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool = True) -> dict[str, torch.Tensor]:
     """Examples -> padded ids/labels/kinds (B, L), attention mask, and pixels (N, C, S, S); for each of
     ``look_kinds`` that the examples have, ``batch["looks"][kind]`` = the addressing loss's targets
@@ -89,8 +101,12 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
     if fc.chat_grid != fc.grid and any(e.still for e in examples):
         batch["image_rows"] = torch.tensor([e.still for e, px in zip(examples, per_example) for _ in range(len(px))],
                                            device=dev)
+    readable = _readable_ids(model) if "read" in look_kinds else set()
     for kind in look_kinds:
         looks = [(b, look_targets(s.looks, width, fc.pooled, kind)) for b, s in enumerate(seqs) if s.looks]
+        if kind == "read":   # only answers whose first word is one the frame tokens' word tags carry
+            looks = [(b, _keep(q, k, [s.labels[i] in readable for i in q])) for (b, (q, k)), s in
+                     ((item, seqs[item[0]]) for item in looks)]
         looks = [(b, (q, k)) for b, (q, k) in looks if q]
         if looks:
             batch.setdefault("looks", {})[kind] = (
@@ -183,7 +199,8 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         return parts, out.logits
     embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
     looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
-    with AttentionTap(model.lm, [layer for _, layer, _ in look_heads] if looking else []) as tap:
+    with AttentionTap(model.lm, [layer for _, layer, _ in look_heads] if looking else [],
+                      final=any(kind == "read" for kind, _, _ in look_heads)) as tap:
         hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
