@@ -188,6 +188,16 @@ def test_a_read_head_writes_its_share_of_the_logits(tiny_with):
     with_box = [look for s in (model.layout.build(e.items) for e in examples) for look in s.looks
                 if look[2] == "answer" and any(box is not None for _, _, box in look[1])]
     assert len(rows) < len(with_box)     # "which image has a red star?" -> "image 1." is left out
+    # each read is ranked among its answer's class: every colour for a colour answer, no size, no shape
+    words = model.config.frames.words
+    first = {k: {model.layout.answer(f"{w}.").ids[0] for w in ws} for k, ws in words.items()}
+    cand = batch["read_candidates"]
+    assert cand.shape == (len(rows), model.lm.config.vocab_size)
+    for n, t in enumerate(batch["labels"][rows, queries].tolist()):
+        marked = set(torch.nonzero(cand[n]).flatten().tolist())
+        assert marked == set().union(*(ids for ids in first.values() if t in ids)) and t in marked
+    colour = next((n for n, t in enumerate(batch["labels"][rows, queries].tolist()) if t in first["colours"]), None)
+    assert colour is not None and not cand[colour, sorted(first["sizes"] - first["colours"])].any()
     arows, aqueries, _ = batch["looks"]["answer"]
     last = model.lm.config.num_hidden_layers - 1
     attn = model.lm.get_decoder().layers[last].self_attn

@@ -175,7 +175,16 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
     (:func:`head_read_logits`) against that answer word, and its logged value is how often that is
     the answer's argmax. Why: after the look stages head 3.2 puts 0.77-0.93 of its attention on the
     named object, yet its own logit contribution ranks the right colour first 1 time in 37 (README,
-    Training, stage 24): looking is learnt, copying what it sees into the answer is not."""
+    Training, stage 24): looking is learnt, copying what it sees into the answer is not.
+
+    The cross-entropy is taken among the words of the answer's class only (``batch["read_candidates"]``,
+    :func:`mmlc.train.trainer._read_candidates`: the colours for a colour answer, the sizes for a size
+    answer). One head's output is one linear map of what it attends to, and an object's tokens carry
+    all its words at once (+ E["red"] + E["small"] + E[" square"]): over the whole vocabulary the head
+    would have to write "red" for a colour question and "small" for a size question from the same
+    values, which no fixed map does (a first try over the whole vocabulary learnt the sizes, 28/29,
+    and lost the colours, 0/37). Which class the answer is in is the question's business, which the
+    rest of the LM reads easily; ranking within the class is what the head has to carry."""
     losses, masses, per_head = [], [], {}
     for kind, layer, head in heads:
         if kind not in batch["looks"]:
@@ -186,6 +195,8 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
         p = head_attention(attn, hidden, cos, sin, head, rows, queries, batch["attention_mask"])
         if kind == "read":
             logits = head_read_logits(lm, tap, layer, head, p, rows, queries)
+            if "read_candidates" in batch:
+                logits = logits.float().masked_fill(~batch["read_candidates"], float("-inf"))
             target = batch["labels"][rows, queries]
             losses.append(torch.nn.functional.cross_entropy(logits.float(), target))
             right = (logits.argmax(-1) == target).float().mean().detach()

@@ -52,6 +52,18 @@ def _readable_ids(model) -> set[int]:
     return {model.layout.answer(f"{w}.").ids[0] for w in words}
 
 
+def _read_candidates(model) -> dict[int, set[int]]:
+    """For each readable answer id (:func:`_readable_ids`), the first tokens of the words of its class
+    (all colours for "red", all sizes for "big", ...; the union where a token starts words of several
+    classes): the words a ``read`` head's logits are compared among (:func:`mmlc.train.look.look_loss`)."""
+    out: dict[int, set[int]] = {}
+    for group in (model.config.frames.words or {}).values():
+        ids = {model.layout.answer(f"{w}.").ids[0] for w in group}
+        for i in ids:
+            out.setdefault(i, set()).update(ids)
+    return out
+
+
 def _keep(queries: list[int], keys: torch.Tensor, which: list[bool]) -> tuple[list[int], torch.Tensor]:
     idx = [i for i, w in enumerate(which) if w]
     return [queries[i] for i in idx], keys[idx] if idx else keys[:0]
@@ -113,6 +125,12 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
                 torch.tensor([b for b, (q, _) in looks for _ in q], dtype=torch.long, device=dev),
                 torch.tensor([i for _, (q, _) in looks for i in q], dtype=torch.long, device=dev),
                 torch.cat([k for _, (_, k) in looks]).to(dev))
+            if kind == "read":   # the answer word's class: a read head ranks the colours for a colour answer
+                classes = _read_candidates(model)
+                cand = torch.zeros((sum(len(q) for _, (q, _) in looks), model.lm.config.vocab_size), dtype=torch.bool)
+                for n, (b, i) in enumerate((b, i) for b, (q, _) in looks for i in q):
+                    cand[n, sorted(classes[seqs[b].labels[i]])] = True
+                batch["read_candidates"] = cand.to(dev)
     if any(memory_spans):
         batch["frame_rows"] = torch.tensor(frame_rows, device=dev)
         batch["memory_spans"] = memory_spans
