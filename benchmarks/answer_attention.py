@@ -10,7 +10,8 @@ mass, ``mmlc.train.look``).
 
 HEADS default: 3.2 (the head the look stages teach to read answers). A head given as ``read:L.H``
 reports, instead of attention, how often what that head alone writes into the logits (its direct
-logit attribution, :func:`mmlc.train.look.head_read_logits`) has the right answer word first.
+logit attribution, :func:`mmlc.train.look.head_read_logits`) has the right answer word first among
+the words of its class (the colours for a colour answer; as the read loss ranks them).
 
 mmlc-tiny after stage 17 (N = 100, frames with two or more objects): colour 17/37 and size 13/29
 right, near chance; head 3.2 puts 0.52 of its attention on the named object's cells and 0.50 on
