@@ -2,14 +2,15 @@
 
     python benchmarks/read_stage.py RUN/stages/21-words OUT [HEADS]
 """
+import dataclasses
 import sys
 from pathlib import Path
-from mmlc.train.recipes import tiny_words, Stage
+
+from mmlc.train.recipes import tiny_words
 from mmlc.train.trainer import Run
+
 heads = sys.argv[3].split(",") if len(sys.argv) > 3 else ["name:0.1", "obj:1.0", "via:2.1", "3.2", "read:3.2"]
 rec = tiny_words()
 rec.name = "tiny-words-read"
-rec.stages.append(Stage("words", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
-                        warmup=20, eval_examples=16, tower_dtype="bfloat16",
-                        look_heads=heads, look_weight=0.3, stream_hops=True))
+rec.stages.append(dataclasses.replace(rec.stages[-1], look_heads=heads))   # the last words pass, plus the read
 Run(rec, Path(sys.argv[2]), start_from=sys.argv[1], start_stage=len(rec.stages), keep_stages=True).train()

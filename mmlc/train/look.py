@@ -194,11 +194,10 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
         attn = lm.get_decoder().layers[layer].self_attn
         p = head_attention(attn, hidden, cos, sin, head, rows, queries, batch["attention_mask"])
         if kind == "read":
-            logits = head_read_logits(lm, tap, layer, head, p, rows, queries)
-            if "read_candidates" in batch:
-                logits = logits.float().masked_fill(~batch["read_candidates"], float("-inf"))
+            logits = head_read_logits(lm, tap, layer, head, p, rows, queries).float()
+            logits = logits.masked_fill(~batch["read_candidates"], float("-inf"))
             target = batch["labels"][rows, queries]
-            losses.append(torch.nn.functional.cross_entropy(logits.float(), target))
+            losses.append(torch.nn.functional.cross_entropy(logits, target))
             right = (logits.argmax(-1) == target).float().mean().detach()
             masses.append(right)
             per_head[f"{kind}@{layer}.{head}"] = (float(right), len(rows))

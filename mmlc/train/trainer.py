@@ -48,14 +48,13 @@ EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 def _readable_ids(model) -> set[int]:
     """Token ids of the answer words a frame token's word tags carry (``frames.words``: colours,
     sizes, shapes, rooms), as the first token of an answer ("red." -> "red")."""
-    words = [w for group in (model.config.frames.words or {}).values() for w in group]
-    return {model.layout.answer(f"{w}.").ids[0] for w in words}
+    return set(_read_candidates(model))
 
 
 def _read_candidates(model) -> dict[int, set[int]]:
-    """For each readable answer id (:func:`_readable_ids`), the first tokens of the words of its class
-    (all colours for "red", all sizes for "big", ...; the union where a token starts words of several
-    classes): the words a ``read`` head's logits are compared among (:func:`mmlc.train.look.look_loss`)."""
+    """For each readable answer id, the first tokens of the words of its class (all colours for "red",
+    all sizes for "big", ...; the union where a token starts words of several classes): the words a
+    ``read`` head's logits are compared among (:func:`mmlc.train.look.look_loss`)."""
     out: dict[int, set[int]] = {}
     for group in (model.config.frames.words or {}).values():
         ids = {model.layout.answer(f"{w}.").ids[0] for w in group}
@@ -113,11 +112,11 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
     if fc.chat_grid != fc.grid and any(e.still for e in examples):
         batch["image_rows"] = torch.tensor([e.still for e, px in zip(examples, per_example) for _ in range(len(px))],
                                            device=dev)
-    readable = _readable_ids(model) if "read" in look_kinds else set()
+    classes = _read_candidates(model) if "read" in look_kinds else {}
     for kind in look_kinds:
         looks = [(b, look_targets(s.looks, width, fc.pooled, kind)) for b, s in enumerate(seqs) if s.looks]
         if kind == "read":   # only answers whose first word is one the frame tokens' word tags carry
-            looks = [(b, _keep(q, k, [s.labels[i] in readable for i in q])) for (b, (q, k)), s in
+            looks = [(b, _keep(q, k, [s.labels[i] in classes for i in q])) for (b, (q, k)), s in
                      ((item, seqs[item[0]]) for item in looks)]
         looks = [(b, (q, k)) for b, (q, k) in looks if q]
         if looks:
@@ -126,7 +125,6 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
                 torch.tensor([i for _, (q, _) in looks for i in q], dtype=torch.long, device=dev),
                 torch.cat([k for _, (_, k) in looks]).to(dev))
             if kind == "read":   # the answer word's class: a read head ranks the colours for a colour answer
-                classes = _read_candidates(model)
                 cand = torch.zeros((sum(len(q) for _, (q, _) in looks), model.lm.config.vocab_size), dtype=torch.bool)
                 for n, (b, i) in enumerate((b, i) for b, (q, _) in looks for i in q):
                     cand[n, sorted(classes[seqs[b].labels[i]])] = True
