@@ -62,15 +62,16 @@ def test_stream_questions_take_two_hops_through_their_last_word(tiny_model):
     vias = [look for look in seq.looks if look[2] == "via"]
     assert vias == [(answers[0][0], [(word, 1, None)], "via")]
     assert sum(look[2] == "obj" for look in seq.looks) == 1
-    # off (Stage.stream_hops, default False: recipe tiny's look stages were trained without them),
+    # off (Stage.stream_hops, default False: recipe tiny's look stages 15-17 were trained without them),
     # the same timeline keeps only the answer's own looks (and its read position)
     plain = lay.build([Frame(0), Frame(1), Question("what colour is the circle?", "red.", look=[(1, box)])],
                       stream_hops=False)
     assert [look[2] for look in plain.looks] == ["answer", "read"]
     from mmlc.train.recipes import Stage, recipe
     assert Stage("words", steps=1, lr=1e-3).stream_hops is False
-    assert not any(s.stream_hops for s in recipe("tiny").stages)
-    assert [s.stream_hops for s in recipe("tiny-words").stages[-3:]] == [True, True, True]
+    stages = recipe("tiny").stages
+    assert [s.stream_hops for s in stages] == [s.name == "words" for s in stages]
+    assert [s.read_weight for s in stages if "read:3.2" in s.look_heads] == [1.0, 5.0]
 
 
 def test_look_targets_cover_the_box_cells_only():
@@ -242,3 +243,27 @@ def test_a_read_head_learns_to_write_the_answer(tiny_with):
         losses.append(float(parts["look_loss"].detach()))
     # (a head's share is bounded: it is divided by the residual's RMS, which its own write grows)
     assert "read@1.0" in parts["look_heads_mass"] and losses[-1] < 0.95 * losses[0]
+
+
+def test_the_read_weight_scales_the_read_heads_term_only(tiny_with):
+    """``Stage.read_weight``: with an answer head and a read head, the look loss is the mean of the two
+    terms, the read term times the weight; the answer head's term and the logged values do not move."""
+    from mmlc.train import reader as rd
+
+    model = tiny_with(**{"frames.image_grid": 2})
+    rd.enable_reader(model)
+    cfg = model.lm.config
+    rng = np.random.default_rng(7)
+    batch = trainer.collate(model, [ex.qa_stream_example(rng) for _ in range(3)], look_kinds=["answer", "read"])
+    alone = {}
+    for spec in ("1.0", "read:1.0"):
+        parts, _ = trainer.lm_step(model, batch, look_heads=parse_heads([spec], cfg.num_hidden_layers,
+                                                                        cfg.num_attention_heads), look_weight=1.0)
+        alone[spec] = float(parts["look_loss"])
+    both = parse_heads(["1.0", "read:1.0"], cfg.num_hidden_layers, cfg.num_attention_heads)
+    for w in (1.0, 4.0):
+        parts, _ = trainer.lm_step(model, batch, look_heads=both, look_weight=1.0, read_weight=w)
+        assert float(parts["look_loss"]) == pytest.approx((alone["1.0"] + w * alone["read:1.0"]) / 2, rel=1e-5)
+        assert set(parts["look_heads_mass"]) == {"answer@1.0", "read@1.0"}
+    with pytest.raises(ConfigError, match="read_weight"):
+        Stage("words", steps=1, lr=1e-3, look_heads=["read:3.2"], look_weight=0.3, read_weight=0)

@@ -164,11 +164,12 @@ def head_read_logits(lm, tap: AttentionTap, layer: int, head: int, p: torch.Tens
     return lm.get_output_embeddings()(decoder.norm.weight * written / rms.to(written.dtype))
 
 
-def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: dict
+def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: dict, read_weight: float = 1.0
               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[float, int]]]:
     """Mean over the supervised heads (those whose kind of look the batch has; at least one) and their
     queries of -log(attention mass on the target keys), the mean mass itself (for the log), and per
-    head ``"KIND@LAYER.HEAD"`` its mean mass and number of queries.
+    head ``"KIND@LAYER.HEAD"`` its mean mass and number of queries. A read head's term is weighted
+    ``read_weight`` (the others 1) before the mean.
 
     A ``read`` head is taught to carry the answer, not only to look: at the position that predicts an
     answer about one object its loss is the cross-entropy of what it alone writes into the logits
@@ -197,7 +198,7 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
             logits = head_read_logits(lm, tap, layer, head, p, rows, queries).float()
             logits = logits.masked_fill(~batch["read_candidates"], float("-inf"))
             target = batch["labels"][rows, queries]
-            losses.append(torch.nn.functional.cross_entropy(logits, target))
+            losses.append(read_weight * torch.nn.functional.cross_entropy(logits, target))
             right = (logits.argmax(-1) == target).float().mean().detach()
             masses.append(right)
             per_head[f"{kind}@{layer}.{head}"] = (float(right), len(rows))

@@ -181,7 +181,8 @@ def _pixels(model, e: ex.Example) -> torch.Tensor:
 
 def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False,
             probe: "MemoryProbe | None" = None, tower_dtype: str | None = None,
-            look_heads: list[tuple[str, int, int]] = (), look_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
+            look_heads: list[tuple[str, int, int]] = (), look_weight: float = 0.0,
+            read_weight: float = 1.0) -> tuple[dict, torch.Tensor]:
     """Forward + LIVE loss on a batch; returns (loss parts, logits).
 
     Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
@@ -190,7 +191,8 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed). ``look_heads``
     ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing
     loss of :mod:`mmlc.train.look` on the batch's look targets (``look_loss``, and ``look_mass``:
-    their mean attention on the targets; ``look_heads_mass``: per head, its mass and query count).
+    their mean attention on the targets; ``look_heads_mass``: per head, its mass and query count), a
+    ``read`` head's term weighted ``read_weight`` against the others.
     """
     image_rows = batch.get("image_rows")
     if train_vision:
@@ -223,7 +225,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     parts = model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep])
     if looking:
         parts["look_loss"], parts["look_mass"], parts["look_heads_mass"] = look_loss(model.lm, tap, list(look_heads),
-                                                                                     batch)
+                                                                                     batch, read_weight)
         parts["loss"] = parts["loss"] + look_weight * parts["look_loss"]
     if probe is not None and raw is not None and "memory_targets" in batch:
         parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
@@ -610,7 +612,8 @@ class Run:
                                 stream_hops=stage.stream_hops)
                 parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
                                    tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype,
-                                   look_heads=look_heads, look_weight=stage.look_weight)
+                                   look_heads=look_heads, look_weight=stage.look_weight,
+                                   read_weight=stage.read_weight)
                 loss = parts["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
