@@ -15,7 +15,7 @@ It is run for both ``frames.tag_mode``s, "cell" (a bag of every shape's words) a
 
     python benchmarks/tag_oracle.py [MODEL] [N]
 
-The reader of tiny-words' stage 18 (N = 200, 328 objects in frames with two or more): per shape
+The reader of recipe tiny's stage 18 (N = 200, 328 objects in frames with two or more): per shape
 colour 325/328, size 328/328; bag colour 323/328, size 325/328: the tags carry the answer. One head,
 beta 3: colour 245/328 from cell tags, **325/328** from object tags (with the connector beside them
 227 and 280), size 277 and 327/328 (278 and 312): bound per object, reading the named object's colour

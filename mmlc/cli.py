@@ -186,28 +186,37 @@ def cmd_data(args) -> int:
     return 0
 
 
+def export_model(src, dest, dtype: str = "float16"):
+    """Copy a saved model folder (weights, config, tokenizer) to ``dest``; with ``float16`` the weights
+    file is stored at half the bytes (loading casts back to the model's dtype, so shipped mmlc-tiny is
+    exported this way). Returns ``dest`` as a Path."""
+    import shutil
+    from pathlib import Path
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in Path(src).iterdir():
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    if dtype == "float16":
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        weights = dest / "model.safetensors"
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata()
+        state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        save_file(state, str(weights), metadata=meta)
+    return dest
+
+
 def cmd_train(args) -> int:
     from mmlc.train.trainer import train
 
     out = train(args.recipe, args.out, device=args.device, resume=not args.no_resume, progress=not args.no_progress,
                 start_from=args.start_from, start_stage=args.from_stage, keep_stages=args.keep_stages)
     if args.export:
-        import shutil
-        from pathlib import Path
-
-        dest = Path(args.export)
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in out.iterdir():
-            shutil.copy2(f, dest / f.name)
-        if args.export_dtype == "float16":  # half the bytes; loading casts back to the model's dtype
-            from safetensors import safe_open
-            from safetensors.torch import load_file, save_file
-
-            weights = dest / "model.safetensors"
-            with safe_open(str(weights), "pt") as f:
-                meta = f.metadata()
-            state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-            save_file(state, str(weights), metadata=meta)
+        dest = export_model(out, args.export, args.export_dtype)
         print(f"exported the model to {dest} ({args.export_dtype})")
     return 0
 
