@@ -183,9 +183,9 @@ def test_a_read_head_writes_its_share_of_the_logits(tiny_with):
     batch = trainer.collate(model, examples, look_kinds=["answer", "read"])
     rows, queries, _ = batch["looks"]["read"]
     asked = {int(t) for t in batch["labels"][rows, queries]}
-    assert asked and asked <= trainer._readable_ids(model)
+    assert asked and asked <= set(trainer._read_candidates(model))
     image = model.layout.answer("image 2.").ids[0]
-    assert image not in trainer._readable_ids(model)
+    assert image not in set(trainer._read_candidates(model))
     with_box = [look for s in (model.layout.build(e.items) for e in examples) for look in s.looks
                 if look[2] == "answer" and any(box is not None for _, _, box in look[1])]
     assert len(rows) < len(with_box)     # "which image has a red star?" -> "image 1." is left out

@@ -45,16 +45,12 @@ EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
 
 # ---------------------------------------------------------------------- batches
-def _readable_ids(model) -> set[int]:
-    """Token ids of the answer words a frame token's word tags carry (``frames.words``: colours,
-    sizes, shapes, rooms), as the first token of an answer ("red." -> "red")."""
-    return set(_read_candidates(model))
-
-
 def _read_candidates(model) -> dict[int, set[int]]:
-    """For each readable answer id, the first tokens of the words of its class (all colours for "red",
-    all sizes for "big", ...; the union where a token starts words of several classes): the words a
-    ``read`` head's logits are compared among (:func:`mmlc.train.look.look_loss`)."""
+    """For each answer id a frame token's word tags carry (``frames.words``: colours, sizes, shapes,
+    rooms; the first token of an answer, "red." -> "red"), the first tokens of the words of its class
+    (all colours for "red", all sizes for "big", ...; the union where a token starts words of several
+    classes): the answers a ``read`` look is kept for (its keys) and the words its head's logits are
+    compared among (:func:`mmlc.train.look.look_loss`)."""
     out: dict[int, set[int]] = {}
     for group in (model.config.frames.words or {}).values():
         ids = {model.layout.answer(f"{w}.").ids[0] for w in group}
