@@ -122,6 +122,11 @@ class FramesConfig:
     # size there (a bag where two objects share a cell); "object" reads each shape's colour and size once
     # a frame and gives a cell the words of the one object it holds most surely (mmlc.models.reader)
     tag_mode: str = "cell"
+    # shapes (of words["shapes"]) read by a second head of the reader trained to *detect* them frame by
+    # frame (mmlc.models.reader.RareHead), for objects that are rare in the data: the main head, trained
+    # per cell on every object, called the 1.5 s needle's shapes present in 5-8% of needle-free frames
+    # (benchmarks/needle_detect.py). [] (the default): no second head
+    rare: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.words:
@@ -135,6 +140,9 @@ class FramesConfig:
         _require(isinstance(self.tag_scale, (int, float)) and not isinstance(self.tag_scale, bool)
                  and self.tag_scale > 0, "frames.tag_scale", self.tag_scale, "a number > 0")
         _require(self.tag_mode in TAG_MODES, "frames.tag_mode", self.tag_mode, f"one of {TAG_MODES}")
+        _require(isinstance(self.rare, list) and len(set(self.rare)) == len(self.rare)
+                 and all(w in self.words.get("shapes", []) for w in self.rare), "frames.rare", self.rare,
+                 "a list of distinct words from frames.words['shapes'] (a model with word tags)")
         _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
         _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
         _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")
@@ -262,6 +270,9 @@ class MemoryConfig:
     # were made finer after its bridge was trained keeps the bridge's grid: the frame tokens are
     # re-pooled to it (StreamingLM.memory_features), exactly the map's pool when it divides frames.grid
     grid: int = 0
+    # a model with word tags (frames.words): each scene's memory tokens also carry the scene's tags, the
+    # room on the first and one per shape on the next (mmlc.models.reader.CellReader.scene_tags)
+    tags: bool = False
 
     def __post_init__(self) -> None:
         _require(isinstance(self.tokens, int) and self.tokens >= 0, "memory.tokens", self.tokens,
@@ -311,6 +322,11 @@ class MmlcConfig:
         if self.memory.grid:
             _require(self.frames.grid > 0, "memory.grid", self.memory.grid,
                      "0 when frames.grid is 0 (the bridge re-pools the frames' grid tokens)")
+        if self.memory.tags:
+            shapes = len(self.frames.words.get("shapes", []))
+            _require(shapes > 0 and self.memory.tokens >= 1 + shapes, "memory.tags", self.memory.tags,
+                     f"false, or true on a model with word tags (frames.words) and at least 1 + {shapes or 'n_shapes'} "
+                     f"memory tokens (memory.tokens = {self.memory.tokens}): the room and one tag per shape")
 
     @property
     def memory_grid(self) -> int:

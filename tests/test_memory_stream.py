@@ -44,6 +44,20 @@ def test_session_context_equals_the_memory_layout(model):
     _assert_context_is_the_memory_layout(model)
 
 
+def test_session_context_equals_the_memory_layout_with_tagged_memories(tiny_with):
+    """The same with word tags on frames and on memories (memory.tags, a rare-shape detector): the
+    session folds each scene's tags from the features it kept, as training does."""
+    from mmlc.train.reader import enable_rare, enable_reader
+    from mmlc.train.trainer import set_memory_tags
+
+    torch.manual_seed(0)
+    model = tiny_with(**{"memory.tokens": 8})
+    enable_reader(model)
+    enable_rare(model)
+    assert set_memory_tags(model)
+    _assert_context_is_the_memory_layout(model.eval())
+
+
 def test_a_finer_frame_grid_keeps_the_bridge_on_its_own_grid(model, tmp_path):
     """A stage that moves frames to 4x4 (trainer.set_frames_grid) leaves the bridge folding the 1 + 2x2
     features it was trained on: re-pooled from the 4x4 tokens, they equal the 2x2 model's features, so
@@ -77,12 +91,12 @@ def _assert_context_is_the_memory_layout(model):
         pixels = model.preprocess(frames)
         feats = model.vision_features(pixels)
         state = MemoryState(model.bridge)
-        memories = [model.memory_embeddings(state.add_scene(model.memory_features(feats[a:b])))[0]
+        memories = [model.memory_embeddings(state.add_scene(model.memory_features(feats[a:b])), feats[a:b])[0]
                     for a, b in zip(starts, starts[1:])]
         current = range(starts[-1], len(frames))
         items = [Memory() for _ in memories] + [Frame(k) for k in range(len(current))]
         seq = model.layout.build(items)
-        out = model(torch.tensor([seq.ids]), frame_tokens=model.connector(feats[starts[-1]:]),
+        out = model(torch.tensor([seq.ids]), frame_tokens=model.project(feats[starts[-1]:]),
                     memory_tokens=torch.cat(memories))
     assert s.kv_length == len(seq.ids)
     torch.testing.assert_close(s.last_logits, out.logits[0, -1], atol=2e-4, rtol=1e-4)

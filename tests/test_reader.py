@@ -128,16 +128,22 @@ def test_a_few_reader_steps_on_real_frames_lower_its_loss(tiny_with):
     assert labels["present"].sum() > 0
     with torch.no_grad():
         feats = model.vision_features(pair_pixels(model, prevs, curs))
-    opt = torch.optim.AdamW(model.reader.parameters(), lr=1e-2)
+    acc = _steps_lower_the_loss(rd.reader_loss, model, model.reader.parameters(), feats, labels)
+    assert set(acc) >= {"present", "present_pos", "colour", "size", "room"}
+
+
+def _steps_lower_the_loss(loss_fn, model, params, feats, labels, steps: int = 30) -> dict:
+    """``steps`` AdamW steps on ``params`` lower ``loss_fn(model, feats, labels)`` by 30%; the last accuracies."""
+    opt = torch.optim.AdamW(params, lr=1e-2)
     losses = []
-    for _ in range(30):
-        loss, acc = rd.reader_loss(model, feats, labels)
+    for _ in range(steps):
+        loss, acc = loss_fn(model, feats, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
-    assert set(acc) >= {"present", "present_pos", "colour", "size", "room"}
+    return acc
 
 
 def test_a_reader_stage_is_saved_loaded_and_resumed(tmp_path, monkeypatch):
@@ -201,3 +207,119 @@ def test_a_reader_stage_is_saved_loaded_and_resumed(tmp_path, monkeypatch):
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", factory([stages[0], more[-1]]))
     with pytest.raises(ConfigError, match="no reader yet"):
         trainer.train("tiny-smoke", tmp_path / "noreader", progress=False)
+
+
+def _hand_logits(words, present, colour, size, room):
+    return lambda feats: {"present": present, "colour": colour, "size": size, "room": room}   # noqa: E731
+
+
+def test_scene_tags_keep_what_two_consecutive_frames_show_and_read_colours_by_recency(tiny_with):
+    """A closed scene's tags (memory.tags): a shape read in one frame only is dropped (a misreading), one
+    read in two consecutive frames (a 1.5 s needle) is kept at full strength, a shape's colour is the
+    recency-weighted reading (halving every 4 frames back from the end), and so is the room; the model's
+    memory tokens are the connector's plus tag_scale x [room, shapes..., 0...]."""
+    model = tiny_with(**{"memory.tokens": 8})
+    rd.enable_reader(model)
+    rdr, words, tok = model.reader, model.config.frames.words, model.tokenizer
+    S, C, Z, R = (len(words[k]) for k in ("shapes", "colours", "sizes", "rooms"))
+    n, g = 5, model.tokens_per_frame - 1
+    ci, cr, sq = (words["shapes"].index(w) for w in ("circle", "cross", "square"))
+    red, blue, white = (words["colours"].index(c) for c in ("red", "blue", "white"))
+    present, colour = torch.full((n, g, S), -30.0), torch.full((n, g, S, C), -30.0)
+    size, room = torch.full((n, g, S, Z), -30.0), torch.full((n, R), -30.0)
+    size[..., 0] = 30.0
+    present[2, 0, ci] = 30.0                                   # one frame only
+    present[1:3, 1, cr] = 30.0                                 # two consecutive frames
+    colour[1:3, 1, cr, white] = 30.0
+    present[:, 2, sq] = 30.0                                   # the whole scene, red then blue at the end
+    colour[:4, 2, sq, red] = colour[4, 2, sq, blue] = 30.0
+    room[:4, 0] = room[4, 1] = 30.0
+    rdr.logits = _hand_logits(words, present, colour, size, room)
+    table = model.lm.get_input_embeddings().weight.detach()
+    emb = lambda text: table[tok(text, add_special_tokens=False)["input_ids"][0]]   # noqa: E731
+    feats = torch.zeros(n, model.tokens_per_frame, model.config.vision.hidden_size)
+    tags = rdr.scene_tags(feats, table, tok)
+    assert tags.shape == (1 + S, table.shape[1])
+    small = emb(words["sizes"][0])
+    assert torch.allclose(tags[1 + cr], emb(" cross") + emb("white") + small, atol=1e-4)
+    assert tags[1 + ci].norm() < 1e-6 * table.norm()
+    w = 0.5 ** (torch.arange(4, -1, -1) / 4.0)
+    late = float(w[-1] / w.sum())                              # 1 / 3.64: the last frame's share
+    assert torch.allclose(tags[1 + sq], emb(" square") + (1 - late) * emb("red") + late * emb("blue") + small, atol=1e-4)
+    assert torch.allclose(tags[0], (1 - late) * emb(words["rooms"][0]) + late * emb(words["rooms"][1]), atol=1e-4)
+
+    memory = torch.randn(1, 8, model.config.vision.hidden_size)
+    with torch.no_grad():
+        plain = model.memory_embeddings(memory)
+        model.config.memory.tags = True
+        model.config.frames.tag_scale = 3.0
+        tagged = model.memory_embeddings(memory, feats)
+    assert torch.allclose(tagged[0, :1 + S], plain[0, :1 + S] + 3.0 * tags, atol=1e-4)
+    assert torch.equal(tagged[0, 1 + S:], plain[0, 1 + S:])
+    with pytest.raises(ValueError, match="scene's frame features"):
+        model.memory_embeddings(memory)
+
+
+def test_memory_tags_need_a_reader_and_enough_memory_tokens(tiny_with):
+    from mmlc.config import apply_overrides
+    from mmlc.models.presets import preset
+
+    with pytest.raises(ConfigError, match="memory.tags"):
+        apply_overrides(preset("tiny-test"), {"memory.tags": True})                 # no word tags
+    with pytest.raises(ConfigError, match="memory.tags"):                            # 4 < 1 + 6 tokens
+        apply_overrides(preset("tiny-test"), {"frames.words": rd.world_words(), "memory.tags": True})
+    small = tiny_with(**{"memory.tokens": 4})
+    with pytest.raises(ConfigError, match="no reader yet"):
+        trainer.set_memory_tags(small)
+    rd.enable_reader(small)
+    with pytest.raises(ConfigError, match="memory.tags"):
+        trainer.set_memory_tags(small)
+    assert not small.config.memory.tags
+    big = tiny_with(**{"memory.tokens": 8})
+    rd.enable_reader(big)
+    assert trainer.set_memory_tags(big) and not trainer.set_memory_tags(big) and big.config.memory.tags
+    with pytest.raises(ConfigError, match="memory tags"):
+        Stage("rare", steps=1, lr=1e-3, memory_tags=True)
+
+
+def test_the_rare_head_replaces_only_the_rare_shapes_calls(tiny_with):
+    """enable_rare adds a detector for the needle's shapes to a reader and keeps the reader's weights: its
+    logits for every other shape, colour, size and the room are unchanged, the rare shapes' come from the
+    detector (colour and size shared by the rare shapes of a cell), and the config names them."""
+    model = _reader_model(tiny_with)
+    feats = torch.randn(3, model.tokens_per_frame, model.config.vision.hidden_size)
+    with torch.no_grad():
+        before = model.reader.logits(feats)
+    with pytest.raises(ConfigError, match="reader"):
+        rd.enable_rare(tiny_with())
+    assert rd.enable_rare(model) and not rd.enable_rare(model)
+    assert model.config.frames.rare == list(sw.NEEDLE_SHAPES)
+    ids = model.reader.rare_ids
+    others = [i for i in range(len(model.config.frames.words["shapes"])) if i not in ids]
+    with torch.no_grad():
+        after = model.reader.logits(feats)
+        present, colour, size = model.reader.rare(feats[:, 1:])
+    for k in ("present", "colour", "size"):
+        assert torch.equal(after[k][:, :, others], before[k][:, :, others])
+        assert not torch.allclose(after[k][:, :, ids], before[k][:, :, ids])
+    assert torch.equal(after["room"], before["room"])
+    assert torch.equal(after["present"][..., ids], present)
+    assert torch.equal(after["colour"][:, :, ids[1]], colour) and torch.equal(after["size"][:, :, ids[0]], size)
+
+
+def test_a_few_rare_steps_on_real_frames_lower_its_loss(tiny_with):
+    """The detector's frames are half needle, half not (plus still images), labelled per frame and per
+    cell, and a few steps on real frames lower its loss."""
+    model = _reader_model(tiny_with)
+    rd.enable_rare(model)
+    prevs, curs, labels = rd.sample_rare_frames(np.random.default_rng(0), 24, model.config.frames.words,
+                                                model.config.frames.grid)
+    shown = labels["shown"]
+    assert 0 < int((shown > 0).sum()) < 24 and set(shown.tolist()) <= {0, 1, 2}
+    assert ((labels["colour_shown"] == rd.IGNORE) == (shown == 0)).all()
+    ids = model.reader.rare_ids
+    assert (labels["present"][..., ids].flatten(1).amax(1) == (shown > 0).float()).all()   # cells agree
+    with torch.no_grad():
+        feats = model.vision_features(pair_pixels(model, prevs, curs))
+    acc = _steps_lower_the_loss(rd.rare_loss, model, model.reader.rare.parameters(), feats, labels)
+    assert set(acc) >= {"frame", "false_positive", "recall", "colour", "size"}

@@ -53,7 +53,7 @@ def test_examples_are_valid_timelines(tiny_model):
                 isinstance(part, int) for i in e.items if isinstance(i, Turn) for part in i.parts)
             assert n_frames == len(e.frames) - e.frame_offset >= 1
             n_memory = sum(isinstance(i, ex.Memory) for i in e.items)
-            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues", "look", "needle", "words")
+            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues", "look", "needle", "words", "recall")
                                                   or n_memory == 0)
             if n_memory:
                 continue   # tiny_model has no bridge; tests/test_memory_stream.py builds these
@@ -134,7 +134,7 @@ def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
 
     def earlier():
         r = full_recipe()
-        r.stages = r.stages[:-5]    # without chat, memory, memalign, reader and words
+        r.stages = r.stages[:-6]    # without chat, memory, memalign, reader, words and rare
         return r
 
     monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", earlier)   # an earlier version of the recipe
@@ -164,7 +164,7 @@ def test_recipe_runs_resumes_and_refuses(tmp_path, monkeypatch):
     assert any("continuing with them" in line and "chat" in line and "memalign" in line for line in logs)
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in evals if "eval" in e] == ["vision", "align", "change", "stream", "chat", "memory",
-                                                              "memalign", "reader", "words"]
+                                                              "memalign", "reader", "words", "rare"]
     assert (out / "model.stage4" / "model.safetensors").is_file() and (final / "model.safetensors").is_file()
     with pytest.raises(MmlcError, match="finished run"):
         trainer.train("tiny-smoke", out, progress=False, log=logs.append)

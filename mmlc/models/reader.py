@@ -26,6 +26,32 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class RareHead(nn.Module):
+    """A detector for shapes rare in the data (``frames.rare``: the needle's): per grid token, logits over
+    [none, rare shapes...] and the colour and size of a rare object there.
+
+    Why a second head: the main head is trained per (cell, shape) on every object with a 4x positive
+    weight, and the needle's shapes are in ~4% of its frames; it called one present in 9% of held-out
+    needle-free frames, so nearly every 48-frame scene would hold a false needle. Trained frame by
+    frame instead (``mmlc.train.reader.rare_loss``: is a rare shape shown, which one, and its colour
+    at the cell most sure of it, on frames half of which show one), an MLP on the same frame tokens
+    gave 0.8% false positives and 0.97 recall (``benchmarks/needle_detect.py``).
+    """
+
+    def __init__(self, width: int, n_rare: int, n_colours: int, n_sizes: int, hidden: int = 128):
+        super().__init__()
+        self.n_rare, self.n_colours = n_rare, n_colours
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                                 nn.GELU(), nn.Linear(hidden, 1 + n_rare + n_colours + n_sizes))
+
+    def forward(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Grid tokens (N, G, Dv) -> (presence logits (N, G, R): each shape's margin over 'none',
+        colour logits (N, G, C), size logits (N, G, Z))."""
+        out = self.mlp(cells)
+        k = 1 + self.n_rare
+        return out[..., 1:k] - out[..., :1], out[..., k:k + self.n_colours], out[..., k + self.n_colours:]
+
+
 class CellReader(nn.Module):
     """Frame features (N, T, Dv) -> word probabilities per token, and their embedding sum (N, T, D).
 
@@ -34,10 +60,13 @@ class CellReader(nn.Module):
     object's colour and size; a pooled token reads the room.
     """
 
-    def __init__(self, width: int, words: dict, hidden: int = 128, pooled: bool = True):
+    def __init__(self, width: int, words: dict, hidden: int = 128, pooled: bool = True, rare: list | None = None):
         super().__init__()
         self.words = {k: list(words[k]) for k in ("shapes", "colours", "sizes", "rooms")}
         self.pooled = pooled
+        self.rare_ids = [self.words["shapes"].index(w) for w in rare or []]
+        self.rare = RareHead(width, len(self.rare_ids), len(self.words["colours"]), len(self.words["sizes"]),
+                             hidden) if self.rare_ids else None
         n_s, n_c, n_z = (len(self.words[k]) for k in ("shapes", "colours", "sizes"))
         self.trunk = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                    nn.Linear(hidden, hidden), nn.GELU())
@@ -51,17 +80,28 @@ class CellReader(nn.Module):
     def for_config(cls, config) -> "CellReader":
         """The reader an :class:`~mmlc.config.MmlcConfig` with ``frames.words`` describes."""
         fc = config.frames
-        return cls(config.vision.hidden_size, fc.words, fc.reader_hidden, pooled=fc.pooled)
+        return cls(config.vision.hidden_size, fc.words, fc.reader_hidden, pooled=fc.pooled, rare=fc.rare)
 
     def logits(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"present": (N, G, S), "colour": (N, G, S, C), "size": (N, G, S, Z), "room": (N, R) or absent}
-        for the G grid tokens (and the pooled one) of ``feats`` (N, T, Dv)."""
+        for the G grid tokens (and the pooled one) of ``feats`` (N, T, Dv); the shapes of ``frames.rare``
+        read by their own detector (:class:`RareHead`) when the reader has one."""
         h = self.trunk(feats.to(self.present.weight.dtype))
         cells = h[:, int(self.pooled):]
         n, g = cells.shape[:2]
         out = {"present": self.present(cells),
                "colour": self.colour(cells).view(n, g, len(self.words["shapes"]), -1),
                "size": self.size(cells).view(n, g, len(self.words["shapes"]), -1)}
+        if self.rare is not None:   # the rare shapes' calls come from their own detector
+            present, colour, size = self.rare(feats[:, int(self.pooled):].to(self.present.weight.dtype))
+            ids = self.rare_ids
+            r = len(ids)
+            out["present"] = out["present"].clone()
+            out["present"][..., ids] = present
+            out["colour"] = out["colour"].clone()
+            out["colour"][..., ids, :] = colour[..., None, :].expand(-1, -1, r, -1)
+            out["size"] = out["size"].clone()
+            out["size"][..., ids, :] = size[..., None, :].expand(-1, -1, r, -1)
         if self.pooled:
             out["room"] = self.room(h[:, 0])
         return out
@@ -116,3 +156,36 @@ class CellReader(nn.Module):
             room = F.softmax(lg["room"].float(), -1) @ emb["rooms"]                 # (N, D)
             cells = torch.cat([room[:, None], cells], dim=1)
         return cells.to(feats.dtype)
+
+    def scene_tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, half_life: float = 4.0) -> torch.Tensor:
+        """The tags of one closed scene (1 + S, D), for its memory tokens (``memory.tags``): the room, then
+        one tag per shape, P(seen) x (E[shape] + E[colour] + E[size]).
+
+        ``feats`` (F, T, Dv) are the scene's frame features in order. A shape counts as seen as strongly
+        as it was present in *two consecutive* frames (max over f of min(p_f, p_f+1), p_f its presence
+        in the frame's most sure cell), so a one-frame misreading does not leave a false object in
+        memory while a needle shown for 1.5 s (3 frames) stays at full strength however long the scene.
+        Its colour and size are the cells' distributions weighted by presence squared and by recency
+        (halving every ``half_life`` frames back from the scene's end): memory questions ask what a
+        shape looked like when the scene ended. The room is read the same way, by recency.
+        Max-pooling over time is what a recurrent bridge has to learn and, for a brief needle, did not
+        (``benchmarks/needle_probe.py``); here it is built in, as the tags themselves are.
+        """
+        ids = {k: v.to(table.device) for k, v in self.word_ids(tokenizer).items()}
+        emb = {k: table.detach()[v] for k, v in ids.items()}
+        lg = self.logits(feats)
+        p = torch.sigmoid(lg["present"].float())                                     # (F, G, S)
+        per_frame = p.amax(1)                                                       # (F, S)
+        seen = torch.minimum(per_frame[:-1], per_frame[1:]).amax(0) if len(per_frame) > 1 else per_frame[0]
+        n = p.shape[0]
+        recency = 0.5 ** ((n - 1 - torch.arange(n, device=p.device, dtype=p.dtype)) / half_life)  # (F,)
+        w = p.square() * recency[:, None, None]                                     # (F, G, S)
+        w = w / w.sum((0, 1), keepdim=True).clamp_min(1e-9)
+        colour = (w[..., None] * F.softmax(lg["colour"].float(), -1)).sum((0, 1))   # (S, C)
+        size = (w[..., None] * F.softmax(lg["size"].float(), -1)).sum((0, 1))       # (S, Z)
+        shapes = seen[:, None] * (emb["shapes"] + colour @ emb["colours"] + size @ emb["sizes"])  # (S, D)
+        if self.pooled:
+            room = (recency / recency.sum()) @ F.softmax(lg["room"].float(), -1) @ emb["rooms"]
+        else:
+            room = torch.zeros_like(shapes[0])
+        return torch.cat([room[None], shapes]).to(feats.dtype)

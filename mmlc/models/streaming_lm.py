@@ -181,11 +181,22 @@ class StreamingLM(nn.Module):
         pooled = F.adaptive_avg_pool2d(cells, grid).flatten(2).transpose(1, 2)
         return torch.cat([head, pooled], dim=1)
 
-    def memory_embeddings(self, memory: torch.Tensor) -> torch.Tensor:
-        """Bridge memory (..., m, Dv) -> memory tokens at the LM width (..., m, D)."""
+    def memory_embeddings(self, memory: torch.Tensor, scene: torch.Tensor | None = None) -> torch.Tensor:
+        """Bridge memory (..., m, Dv) -> memory tokens at the LM width (..., m, D). With ``memory.tags``
+        the scene's word tags (``scene``: its frame features (F, T, Dv) in order,
+        :meth:`CellReader.scene_tags`) are added, times ``frames.tag_scale``, to the first 1 + S tokens:
+        the room, then one per shape, as frame tokens carry theirs."""
         if self.bridge is None:
             raise ConfigError("this model has no memory bridge (config memory.tokens = 0): stream with memory=False")
-        return self.connector(memory) + self.memory_offset
+        tokens = self.connector(memory) + self.memory_offset
+        if self.config.memory.tags:
+            if scene is None:
+                raise ValueError("this model's memory tokens carry their scene's tags (memory.tags): pass the "
+                                 "scene's frame features as memory_embeddings(memory, scene)")
+            tags = self.reader.scene_tags(scene, self.lm.get_input_embeddings().weight, self.tokenizer)
+            pad = tokens.new_zeros(tokens.shape[-2] - tags.shape[0], tags.shape[-1])
+            tokens = tokens + torch.cat([tags.to(tokens), pad]) * self.config.frames.tag_scale
+        return tokens
 
     # ------------------------------------------------------------------ LM
     def embed(self, input_ids: torch.Tensor, frame_tokens: torch.Tensor | None = None,

@@ -319,8 +319,9 @@ class StreamSession(CachedDecoder):
         feats = [e[3] for e in scene if e[0] == "frame"]
         if not feats:
             return
-        memory = self._memory_state.add_scene(self.model.memory_features(torch.stack(feats)))
-        tokens = self.model.memory_embeddings(memory)[0]
+        feats = torch.stack(feats)
+        memory = self._memory_state.add_scene(self.model.memory_features(feats))
+        tokens = self.model.memory_embeddings(memory, feats)[0]
         said = [i for e in scene if e[0] == "text" for i in e[1]]
         # back to where the scene began, then its block: <m>*n + what was said
         self.cache.crop(self._scene_kv - self.kv_length)

@@ -33,7 +33,7 @@ from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
 STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final",
-          "tags", "grid", "dialogues", "words")
+          "tags", "grid", "dialogues", "words", "recall")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -432,6 +432,41 @@ def needle_example(rng: np.random.Generator) -> Example:
                       (0.9, qa_stream_example)], stream_example)
 
 
+def needle_frames_example(rng: np.random.Generator) -> Example:
+    """The needle still in the current scene's frames (not yet folded into memory, as at NIAVH's deepest
+    depths): a 20-60 frame crop that shows the needle, then the needle question after it has gone and
+    1-2 state questions, each with its look (the needle's frames and cells)."""
+    ep = sw.generate_episode(int(rng.integers(0, 2**31 - 1)), sw.WorldConfig(duration=60.0, needle=True))
+    truth = ep.truth()
+    needle = truth["needles"][0]
+    a0, b0 = needle["frame_start"], needle["frame_end"]
+    start = max(0, a0 - int(rng.integers(0, 40)))
+    stop = min(ep.n_frames, max(b0 + int(rng.integers(1, 20)), start + 20))
+    items = timeline(truth, start, stop, questions=False)
+    frame_pos = [k for k, it in enumerate(items) if isinstance(it, Frame)]
+    after = [i for i in range(b0 - start, stop - start)]
+    f = int(after[int(rng.integers(len(after)))])
+    asked = [(sw.NEEDLE_QUESTION, sw.needle_answer(needle), _needle_look(needle, [], start, start + f + 1))]
+    asked += [_state_qa(ep, start + f, f, rng) for _ in range(int(rng.integers(1, 3)))]
+    k = frame_pos[f] + 1
+    while k < len(items) and not isinstance(items[k], Frame):
+        k += 1
+    for q, a, look in reversed([asked[int(j)] for j in rng.permutation(len(asked))]):
+        items.insert(k, Question(q, a, look=look))
+    return Example(items, np.stack([ep.frame(i) for i in range(start, stop)]), ep.frame(max(start - 1, 0)),
+                   meta={"stage": "recall", "seed": ep.seed, "start": start, "stop": stop})
+
+
+def recall_example(rng: np.random.Generator) -> Example:
+    """The ``recall`` stage (memory tokens newly carry their scene's word tags, ``memory.tags``; the
+    bridge frozen): the needle in an earlier memory 30% (:func:`needle_memory_example`), in the current
+    frames 10% (:func:`needle_frames_example`), long streams of 6-20 memories 15%, dense memory
+    questions 10%, question-dense crops 15%, dense multi-image dialogues 15%, stream crops 5%."""
+    return _mix(rng, [(0.3, needle_memory_example), (0.4, needle_frames_example), (0.55, long_memory_example),
+                      (0.65, memory_align_example), (0.8, qa_stream_example), (0.95, dense_dialogue_example)],
+                stream_example)
+
+
 def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: int, n: int,
                           closed: list[tuple[int, int]] = ()) -> None:
     """Insert ``n`` questions after random frames of ``items`` (a timeline from frame ``start``): the
@@ -473,7 +508,7 @@ BUILDERS = {"align": align_example, "change": change_example, "stream": stream_e
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
             "long": long_example, "refresh": refresh_example, "final": final_example,
             "tags": tags_example, "grid": grid_example, "dialogues": dialogues_example,
-            "look": look_example, "needle": needle_example, "words": words_example}
+            "look": look_example, "needle": needle_example, "words": words_example, "recall": recall_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

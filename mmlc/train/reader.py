@@ -103,6 +103,96 @@ def reader_loss(model, feats: torch.Tensor, labels: dict[str, torch.Tensor]):
     return torch.stack(losses).mean(), acc
 
 
+def sample_rare_frames(rng: np.random.Generator, n: int, words: dict, grid: int, still_fraction: float = 0.1):
+    """``n`` (previous frame, frame) pairs for the rare-shape detector: from needle episodes, one frame
+    that shows the needle and one that does not, and ``still_fraction`` still chat images (never a
+    needle). Labels: the cell labels of :func:`cell_labels` plus ``shown`` (0: none, else 1 + the
+    needle's index among ``frames.rare``), ``colour_shown`` / ``size_shown`` (the needle's, or IGNORE)."""
+    from mmlc.train.examples import training_world
+
+    rare = [w for w in words["shapes"] if w in sw.NEEDLE_SHAPES]
+    prevs, curs, labels = [], [], []
+
+    def add(prev, cur, state, size):
+        lab = cell_labels(state, words, grid, size)
+        nd = state.get("needle")
+        lab["shown"] = np.int64(1 + rare.index(nd["shape"]) if nd else 0)
+        lab["colour_shown"] = np.int64(words["colours"].index(nd["colour"]) if nd else IGNORE)
+        lab["size_shown"] = np.int64(words["sizes"].index(nd["size"]) if nd else IGNORE)
+        prevs.append(prev)
+        curs.append(cur)
+        labels.append(lab)
+
+    while len(curs) < n:
+        if rng.random() < still_fraction:
+            mi = sw.generate_multi_image(int(rng.integers(0, 2**31 - 1)), config=sw.WorldConfig())
+            for img, state in zip(mi.images, mi.states):
+                add(img, img, state, mi.config.size)
+            continue
+        ep = sw.generate_episode(int(rng.integers(0, 2**31 - 1)), replace(training_world(rng, 60.0), needle=True))
+        shown = [i for i in range(1, ep.n_frames) if ep.states[i].get("needle")]
+        free = [i for i in range(1, ep.n_frames) if not ep.states[i].get("needle")]
+        for i in (int(rng.choice(shown)), int(rng.choice(free))):
+            add(ep.frame(i - 1), ep.frame(i), ep.states[i], ep.config.size)
+    prevs, curs, labels = prevs[:n], curs[:n], labels[:n]
+    return np.stack(prevs), np.stack(curs), {k: torch.as_tensor(np.stack([lab[k] for lab in labels]))
+                                             for k in labels[0]}
+
+
+def rare_loss(model, feats: torch.Tensor, labels: dict[str, torch.Tensor]):
+    """The rare-shape detector's loss on frame features (N, T, Dv); returns (loss, {part: accuracy}).
+
+    Per frame (multiple-instance: the frame is positive when one cell is): cross-entropy of
+    [0, max over cells of each rare shape's margin] against ``shown``; the needle's colour and size at
+    the cell most sure of a rare shape; and per cell a plain (unweighted) binary cross-entropy of each
+    rare shape's presence against the cell labels, so that the tags sit on the needle's cells.
+    Accuracies: ``frame`` (the frame's call), ``false_positive`` (needle-free frames called a needle),
+    ``recall`` (frames showing one, called right), ``colour`` / ``size`` where shown."""
+    dev = feats.device
+    reader = model.reader
+    y = {k: v.to(dev) for k, v in labels.items()}
+    present, colour, size = reader.rare(feats[:, int(reader.pooled):].float())      # (N, G, R), (N, G, C/Z)
+    best = present.amax(1)                                                           # (N, R)
+    frame_logits = torch.cat([torch.zeros_like(best[:, :1]), best], -1)
+    losses = [F.cross_entropy(frame_logits, y["shown"]),
+              F.binary_cross_entropy_with_logits(present, y["present"][..., reader.rare_ids])]
+    where = present.amax(-1).argmax(1)                                               # (N,)
+    rows = torch.arange(len(where), device=dev)
+    acc = {}
+    call = frame_logits.argmax(-1)
+    acc["frame"] = float((call == y["shown"]).float().mean())
+    free, shown = y["shown"] == 0, y["shown"] > 0
+    if free.any():
+        acc["false_positive"] = float((call[free] > 0).float().mean())
+    if shown.any():
+        acc["recall"] = float((call[shown] == y["shown"][shown]).float().mean())
+    for k, lg in (("colour", colour), ("size", size)):
+        target = y[f"{k}_shown"]
+        keep = target != IGNORE
+        if keep.any():
+            at = lg[rows, where]
+            losses.append(F.cross_entropy(at[keep], target[keep]))
+            acc[k] = float((at[keep].argmax(-1) == target[keep]).float().mean())
+    return torch.stack(losses).sum(), acc
+
+
+def enable_rare(model, rare: list[str] | None = None) -> bool:
+    """Give ``model``'s reader a freshly initialised rare-shape detector for ``rare`` (default: the
+    needle's shapes; config ``frames.rare``) unless it has one; True if new."""
+    if model.reader is None:
+        from mmlc.errors import ConfigError
+        raise ConfigError("a rare-shape detector is a head of the word-tag reader: run a 'reader' stage first")
+    if model.reader.rare is not None:
+        return False
+    from mmlc.models.reader import CellReader
+
+    model.config.frames.rare = list(rare or [w for w in model.config.frames.words["shapes"] if w in sw.NEEDLE_SHAPES])
+    state = model.reader.state_dict()
+    model.reader = CellReader.for_config(model.config).to(model.device)
+    model.reader.load_state_dict(state, strict=False)
+    return True
+
+
 def enable_reader(model, words: dict | None = None) -> bool:
     """Give ``model`` a freshly initialised reader (config ``frames.words``) unless it has one; True if new."""
     if model.reader is not None:

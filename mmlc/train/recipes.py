@@ -68,6 +68,9 @@ class Stage:
     # each shape's colour); with 1 the needle is 2 of 11 equal terms and the bridge of the shipped
     # model kept it in memory at 0.53 (colour, probe on held-out scenes) though its input has it at 0.90
     probe_needle_weight: float = 1.0
+    # from this stage on, each scene's memory tokens also carry its word tags (memory.tags; the saved
+    # config says so; mmlc.models.reader.CellReader.scene_tags). For LM stages of a model with a reader.
+    memory_tags: bool = False
 
     def __post_init__(self) -> None:
         if self.tower_dtype not in ("", "float32", "bfloat16", "float16"):
@@ -76,10 +79,14 @@ class Stage:
         if bool(self.look_heads) != (self.look_weight > 0):
             raise ConfigError(f"Stage('{self.name}', look_heads={self.look_heads!r}, look_weight={self.look_weight}): "
                               "give both (heads and a weight > 0) or neither")
-        if self.name == "reader" and (self.frames_grid or self.look_heads or self.fresh_words or self.fresh_digits
-                                      or self.tag_scale or self.tag_mode or self.spread_words):
-            raise ConfigError("Stage('reader'): the reader stage trains the word-tag reader alone; grids, look "
-                              "heads, fresh embeddings and tag scales belong to LM stages")
+        if self.name in ("reader", "rare") and (self.frames_grid or self.look_heads or self.fresh_words
+                                                 or self.fresh_digits or self.tag_scale or self.tag_mode
+                                                 or self.spread_words or self.memory_tags):
+            what = "the word-tag reader" if self.name == "reader" else "the word-tag reader's rare-shape detector"
+            raise ConfigError(f"Stage('{self.name}'): the {self.name} stage trains {what} alone; grids, look "
+                              "heads, fresh embeddings, tag scales and memory tags belong to LM stages")
+        if self.memory_tags and self.name == "vision":
+            raise ConfigError("Stage('vision', memory_tags=True): memory tags belong to an LM stage after the reader")
         if self.spread_words and (len(set(self.spread_words)) < 2 or self.spread <= 0):
             raise ConfigError(f"Stage('{self.name}', spread_words={self.spread_words!r}, spread={self.spread}): "
                               "give two or more words and a spread > 0")
@@ -214,12 +221,31 @@ def _word_stages() -> list[Stage]:
     ]
 
 
+def _needle_stages() -> list[Stage]:
+    """Stages 24-25 of recipe ``tiny-recall`` (README, Memory and NIAVH; measured, not shipped): a
+    detector of the needle's shapes in the reader (the tower and the LM frozen), then memory tokens
+    that carry their scene's word tags and a stage that practises reading them (the bridge frozen)."""
+    return [
+        Stage("rare", steps=600, lr=2e-3, batch_size=64, warmup=30, eval_examples=256, tower_dtype="bfloat16"),
+        Stage("recall", steps=300, lr=3e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400, warmup=20,
+              eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True, memory_tags=True,
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "read:3.2"], read_weight=5.0),
+    ]
+
+
 def tiny() -> Recipe:
     """The recipe of the shipped mmlc-tiny, 23 stages (README, Training). Its wall time on this 2-core
     CPU, summed over the runs that measured it: about 375 minutes for stages 1-17, 75 for 18-21, 46
     for 22-23. ``mmlc train --recipe tiny --out R --from STAGE_DIR --from-stage K`` reruns it from
     the model a ``--keep-stages`` run saved after stage K - 1."""
     return Recipe(name="tiny", preset="tiny", stages=[*_tiny_first_stages(), *_word_stages()])
+
+
+def tiny_recall() -> Recipe:
+    """``tiny`` and two stages for the needle (measured, not shipped: README, Memory and NIAVH). From the
+    shipped model's stage-23 weights: ``mmlc train --recipe tiny-recall --out R --from STAGE23_DIR
+    --from-stage 24`` (about 55 minutes: rare 10, recall 44)."""
+    return Recipe(name="tiny-recall", preset="tiny", stages=[*_tiny_first_stages(), *_word_stages(), *_needle_stages()])
 
 
 def tiny_smoke() -> Recipe:
@@ -234,10 +260,11 @@ def tiny_smoke() -> Recipe:
         Stage("memalign", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
         Stage("reader", steps=2, lr=1e-3, batch_size=8, warmup=1, eval_examples=8),
         Stage("words", steps=2, lr=1e-3, batch_size=2, max_batch_tokens=4096, warmup=1, eval_examples=2),
+        Stage("rare", steps=2, lr=1e-3, batch_size=8, warmup=1, eval_examples=8),
     ])
 
 
-RECIPES = {"tiny": tiny, "tiny-v2": tiny_v2, "tiny-smoke": tiny_smoke}
+RECIPES = {"tiny": tiny, "tiny-v2": tiny_v2, "tiny-recall": tiny_recall, "tiny-smoke": tiny_smoke}
 
 
 def recipe(name: str) -> Recipe:

@@ -38,7 +38,7 @@ from mmlc.models.presets import preset
 from mmlc.train import examples as ex
 from mmlc.train.look import AttentionTap, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
-from mmlc.train.reader import enable_reader, reader_loss, sample_frames
+from mmlc.train.reader import enable_rare, enable_reader, rare_loss, reader_loss, sample_frames, sample_rare_frames
 from mmlc.train.vision_aux import aux_loss, make_heads, map_side, pair_pixels, sample_pairs
 
 EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
@@ -265,7 +265,7 @@ def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]
         state = MemoryState(model.bridge)
         for a, b in example_spans:
             raw.append(state.add_scene(model.memory_features(feats[a:b]))[0])
-            out.append(model.memory_embeddings(raw[-1]))
+            out.append(model.memory_embeddings(raw[-1], feats[a:b]))
     return (torch.cat(out), torch.stack(raw)) if out else (None, None)
 
 
@@ -496,6 +496,10 @@ class Run:
                 set_frames_grid(model, stage.frames_grid)
             if stage.name == "reader":
                 enable_reader(model)
+            if stage.name == "rare":
+                enable_rare(model)
+            if stage.memory_tags:
+                set_memory_tags(model)
             if stage.tag_scale or stage.tag_mode:
                 set_tags(model, stage.tag_scale, stage.tag_mode)
         if state is not None:
@@ -543,10 +547,15 @@ class Run:
 
     def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
         vision = stage.name == "vision"
-        reading = stage.name == "reader"
-        if reading and enable_reader(model):
+        reading = stage.name in ("reader", "rare")
+        if stage.name == "reader" and enable_reader(model):
             self.log(f"stage reader: a word-tag reader over the {model.config.frames.grid}x{model.config.frames.grid} "
                      f"frame tokens ({sum(p.numel() for p in model.reader.parameters())} parameters)")
+        if stage.name == "rare" and enable_rare(model):
+            self.log(f"stage rare: a detector of {model.config.frames.rare} in the reader "
+                     f"({sum(p.numel() for p in model.reader.rare.parameters())} parameters)")
+        if stage.memory_tags and set_memory_tags(model):
+            self.log(f"stage {stage.name}: memory tokens carry their scene's word tags from here on")
         if stage.fresh_digits and step0 == 0:
             n = fresh_digit_embeddings(model, seed=self.recipe.seed + s_idx)
             self.log(f"stage {stage.name}: embeddings of {n} digit tokens drawn afresh")
@@ -562,7 +571,7 @@ class Run:
         for p in model.parameters():
             p.requires_grad_(False)
         if reading:
-            trainable = list(model.reader.parameters())
+            trainable = list(model.reader.parameters() if stage.name == "reader" else model.reader.rare.parameters())
         elif vision:
             trainable = list(model.vision.parameters()) + list(heads.parameters())
         else:
@@ -654,12 +663,14 @@ class Run:
         return elapsed
 
     def _reader_loss(self, model, stage: Stage, rng: np.random.Generator, n: int):
-        """The reader's loss and accuracies on ``n`` fresh frames (the frozen tower's features)."""
-        prevs, curs, labels = sample_frames(rng, n, model.config.frames.words, model.config.frames.grid)
+        """The reader's (stage ``reader``) or its rare-shape detector's (stage ``rare``) loss and
+        accuracies on ``n`` fresh frames (the frozen tower's features)."""
+        sample = sample_frames if stage.name == "reader" else sample_rare_frames
+        prevs, curs, labels = sample(rng, n, model.config.frames.words, model.config.frames.grid)
         dtype = stage.tower_dtype or self.recipe.frozen_tower_dtype
         with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
             feats = model.vision_features(pair_pixels(model, prevs, curs))
-        return reader_loss(model, feats.float(), labels)
+        return (reader_loss if stage.name == "reader" else rare_loss)(model, feats.float(), labels)
 
     def _average_gradients(self, params: list) -> None:
         """Data parallel: the mean gradient over processes (each drew its own examples)."""
@@ -675,7 +686,7 @@ class Run:
         model.eval()
         rng = np.random.default_rng([EVAL_SEED, ex.STAGES.index(stage.name) + 1 if stage.name in ex.STAGES else 0])
         with torch.no_grad():
-            if stage.name == "reader":
+            if stage.name in ("reader", "rare"):
                 return {k: round(v, 4) for k, v in self._reader_loss(model, stage, rng, stage.eval_examples)[1].items()}
             if stage.name == "vision":
                 world = lambda r: ex.training_world(r, 60.0)  # noqa: E731
@@ -728,6 +739,22 @@ def set_tags(model, scale: float = 0.0, mode: str = "") -> bool:
     if mode:
         fc.tag_mode = mode
     return (fc.tag_scale, fc.tag_mode) != before
+
+
+def set_memory_tags(model) -> bool:
+    """From now on each scene's memory tokens carry its word tags (memory.tags; checked as a loaded
+    config would be: a reader and enough memory tokens). Returns whether it was off before."""
+    if model.config.memory.tags:
+        return False
+    if model.reader is None:
+        raise ConfigError("memory_tags=True: this model has no reader yet; put the stage after a reader stage")
+    from mmlc.config import MmlcConfig
+
+    data = model.config.to_dict()
+    data["memory"]["tags"] = True
+    MmlcConfig.from_dict(data)               # raises ConfigError naming memory.tags if it cannot hold them
+    model.config.memory.tags = True
+    return True
 
 
 def set_frames_grid(model, grid: int) -> bool:
