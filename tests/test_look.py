@@ -63,10 +63,11 @@ def test_stream_questions_take_two_hops_through_their_last_word(tiny_model):
     assert vias == [(answers[0][0], [(word, 1, None)], "via")]
     assert sum(look[2] == "obj" for look in seq.looks) == 1
     # off (Stage.stream_hops, default False: recipe tiny's look stages 15-17 were trained without them),
-    # the same timeline keeps only the answer's own looks (and its read position)
+    # the same timeline keeps only the answer's own looks (and its read positions: the first word, and
+    # every word for the readall kind, which only recipe tiny-recall's last stage trains)
     plain = lay.build([Frame(0), Frame(1), Question("what colour is the circle?", "red.", look=[(1, box)])],
                       stream_hops=False)
-    assert [look[2] for look in plain.looks] == ["answer", "read"]
+    assert [look[2] for look in plain.looks] == ["answer", "read", "readall"]
     from mmlc.train.recipes import Stage, recipe
     assert Stage("words", steps=1, lr=1e-3).stream_hops is False
     stages = recipe("tiny").stages
@@ -267,3 +268,46 @@ def test_the_read_weight_scales_the_read_heads_term_only(tiny_with):
         assert set(parts["look_heads_mass"]) == {"answer@1.0", "read@1.0"}
     with pytest.raises(ConfigError, match="read_weight"):
         Stage("words", steps=1, lr=1e-3, look_heads=["read:3.2"], look_weight=0.3, read_weight=0)
+
+
+def test_tagged_needle_looks_name_the_tag_token_and_the_needles_cells(tiny_with):
+    """With tagged needle looks (the ``recall_tagged`` stage) a needle question looks at the memory token
+    that carries its shape's tag (1 + the shape's index in frames.words) and at the needle's own cells;
+    a ("token", k) box keeps exactly that token of a picture; the ``readall`` look reads every tag word
+    of the answer in its in-sentence form ("a yellow diamond." -> " yellow", " diamond"), each ranked
+    among its own class, while ``read`` still keeps only an answer's first word."""
+    from mmlc.train import reader as rd
+
+    _, keys = look_targets([([20], [(10, 8, ("token", 3))], "answer")], width=30, pooled=True)
+    assert keys[0].nonzero().flatten().tolist() == [13]
+    needle = {"frame_start": 4, "frame_end": 7, "shape": "diamond", "colour": "yellow", "size": "large",
+              "x": 20.0, "y": 40.0}
+    assert ex._needle_look(needle, [(0, 10)], 10, 12) == [(("memory", 0), None)]
+    ex._NEEDLE_TAG_TOKEN["on"] = True
+    try:
+        look = ex._needle_look(needle, [(0, 5)], 5, 9)
+    finally:
+        ex._NEEDLE_TAG_TOKEN["on"] = False
+    shapes = rd.world_words()["shapes"]
+    box = sw.object_box(needle, sw.WorldConfig().size)
+    assert look == [(("memory", 0), ("token", 1 + shapes.index("diamond"))), (0, box), (1, box)]
+
+    model = tiny_with()
+    rd.enable_reader(model)
+    ex._NEEDLE_TAG_TOKEN["on"] = True
+    try:
+        e = ex.needle_frames_example(np.random.default_rng(4))
+    finally:
+        ex._NEEDLE_TAG_TOKEN["on"] = False
+    batch = trainer.collate(model, [e], look_kinds=["read", "readall"])
+    tok = model.tokenizer
+    first = lambda text: tok(text, add_special_tokens=False)["input_ids"][0]   # noqa: E731
+    read_ids = batch["labels"][0, batch["looks"]["readall"][1]].tolist()
+    answer = next(i.answer for i in e.items if isinstance(i, Question) and i.text == sw.NEEDLE_QUESTION)
+    colour, shape = answer.rstrip(".").split()[1:]
+    assert first(f" {colour}") in read_ids and first(f" {shape}") in read_ids
+    spaced = trainer._read_candidates(model, spaced=True)
+    colours = rd.world_words()["colours"]
+    assert spaced[first(f" {colour}")] >= {first(f" {c}") for c in colours}
+    plain = trainer._read_candidates(model)
+    assert set(plain) < set(spaced) and all(plain[k] <= spaced[k] for k in plain)

@@ -105,7 +105,10 @@ class Chunk:
     # kind "answer"; in chat also "name" (the number token that names image k -> image k), "obj" (that
     # number token -> the cells of the object the question names in image k, where it names one) and
     # "via" (the answer -> that number token); "read": the position that predicts the first word of
-    # an answer about one object (its colour, size) -> that object's cells
+    # an answer about one object (its colour, size) -> that object's cells; "readall": every position
+    # that predicts a token of an answer with a located look (a box, or a ("token", k) box naming one
+    # token of a picture, e.g. a needle's tag in a memory block), the trainer keeping those whose word
+    # the tags carry (" yellow" in "a yellow diamond.")
     looks: list | None = None
 
     def extend(self, other: "Chunk") -> "Chunk":
@@ -273,6 +276,9 @@ class StreamLayout:
                 objects = [(*placed[i], box) for i, box in look if isinstance(i, int) and box is not None]
                 if objects:
                     looks.append((queries[:1], objects, "read"))
+                placed_boxes = [(*placed[i], box) for i, box in look if box is not None]
+                if placed_boxes:   # every answer token a tag word may be read for (the trainer keeps those)
+                    looks.append((queries, placed_boxes, "readall"))
                 if asked is not None:
                     _name_looks(queries, look, asked)
                 if subject is not None:

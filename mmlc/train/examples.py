@@ -33,7 +33,7 @@ from mmlc.data import shapeworld as sw
 from mmlc.models.layout import Frame, Memory, Question, Reply, Turn
 
 STAGES = ("align", "change", "stream", "chat", "polish", "qa", "memory", "memalign", "long", "refresh", "final",
-          "tags", "grid", "dialogues", "words", "recall")
+          "tags", "grid", "dialogues", "words", "recall", "recall_tagged")
 # the tiny preset's memory streams cut scenes at 32 s (64 frames at 2 fps)
 MAX_SCENE_FRAMES = 64
 
@@ -242,14 +242,33 @@ def _memory_qa(ep: sw.Episode, truth: dict, f: int, closed: list[tuple[int, int]
     return asked
 
 
+# needle looks name the needle's own place (set by tagged_needle_looks): in a Memory item the token
+# that carries its shape's tag (memory.tags: token 1 + the shape's index in frames.words), in a frame
+# the needle's cells; off, a needle question looks at the whole memory block or frame
+_NEEDLE_TAG_TOKEN: dict = {"on": False}
+
+
 def _needle_look(needle: dict, closed: list[tuple[int, int]], start: int | None = None, stop: int = 0) -> list:
     """Where a needle question is answered from: the Memory items (one per span of ``closed``) and the
     frames of the current crop [start, stop) that showed the needle."""
     a0, b0 = needle["frame_start"], needle["frame_end"]
-    look = [(("memory", j), None) for j, (a, b) in enumerate(closed) if a < b0 and a0 < b]
+    tagged = _NEEDLE_TAG_TOKEN["on"]
+    token = ("token", 1 + len(sw.SHAPES) + list(sw.NEEDLE_SHAPES).index(needle["shape"])) if tagged else None
+    look = [(("memory", j), token) for j, (a, b) in enumerate(closed) if a < b0 and a0 < b]
     if start is not None:
-        look += [(i - start, None) for i in range(max(a0, start), min(b0, stop))]
+        box = sw.object_box(needle, sw.WorldConfig().size) if tagged else None
+        look += [(i - start, box) for i in range(max(a0, start), min(b0, stop))]
     return look
+
+
+def recall_tagged_example(rng: np.random.Generator) -> Example:
+    """The ``recall`` mix with needle looks at the needle's tag token and cells (and so a ``readall``
+    look at every tag word of its answer)."""
+    _NEEDLE_TAG_TOKEN["on"] = True
+    try:
+        return recall_example(rng)
+    finally:
+        _NEEDLE_TAG_TOKEN["on"] = False
 
 
 def _previous_scene_look(closed: list[tuple[int, int]], scene_start: int) -> list:
@@ -508,7 +527,8 @@ BUILDERS = {"align": align_example, "change": change_example, "stream": stream_e
             "polish": polish_example, "qa": qa_example, "memory": memory_example, "memalign": memalign_example,
             "long": long_example, "refresh": refresh_example, "final": final_example,
             "tags": tags_example, "grid": grid_example, "dialogues": dialogues_example,
-            "look": look_example, "needle": needle_example, "words": words_example, "recall": recall_example}
+            "look": look_example, "needle": needle_example, "words": words_example, "recall": recall_example,
+            "recall_tagged": recall_tagged_example}
 
 
 def episode_example(ep: sw.Episode, questions: bool = True) -> Example:

@@ -31,7 +31,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 from mmlc.errors import ConfigError
 
 
-KINDS = ("answer", "name", "obj", "via", "read")
+KINDS = ("answer", "name", "obj", "via", "read", "readall")
 
 
 def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[str, int, int]]:
@@ -72,6 +72,9 @@ def look_targets(looks: list, width: int, pooled: bool, kind: str = "answer") ->
             continue
         keys = torch.zeros(width, dtype=torch.bool)
         for start, n, box in pictures:
+            if isinstance(box, tuple) and box and box[0] == "token":   # one token of the picture
+                keys[start + int(box[1])] = True
+                continue
             cells = n - int(pooled)
             g = math.isqrt(cells)
             if box is None or g * g != cells or g == 0:
@@ -194,9 +197,9 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
         hidden, (cos, sin) = tap.inputs[layer]
         attn = lm.get_decoder().layers[layer].self_attn
         p = head_attention(attn, hidden, cos, sin, head, rows, queries, batch["attention_mask"])
-        if kind == "read":
+        if kind in ("read", "readall"):
             logits = head_read_logits(lm, tap, layer, head, p, rows, queries).float()
-            logits = logits.masked_fill(~batch["read_candidates"], float("-inf"))
+            logits = logits.masked_fill(~batch[f"{kind}_candidates"], float("-inf"))
             target = batch["labels"][rows, queries]
             losses.append(read_weight * torch.nn.functional.cross_entropy(logits, target))
             right = (logits.argmax(-1) == target).float().mean().detach()

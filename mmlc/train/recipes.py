@@ -222,14 +222,20 @@ def _word_stages() -> list[Stage]:
 
 
 def _needle_stages() -> list[Stage]:
-    """Stages 24-25 of recipe ``tiny-recall`` (README, Memory and NIAVH; measured, not shipped): a
+    """Stages 24-26 of recipe ``tiny-recall`` (README, Memory and NIAVH; measured, not shipped): a
     detector of the needle's shapes in the reader (the tower and the LM frozen), then memory tokens
-    that carry their scene's word tags and a stage that practises reading them (the bridge frozen)."""
+    that carry their scene's word tags and two stages that practise reading them (the bridge frozen),
+    the second with the needle's looks on its tag token and cells and the read at every tag word."""
     return [
         Stage("rare", steps=600, lr=2e-3, batch_size=64, warmup=30, eval_examples=256, tower_dtype="bfloat16"),
         Stage("recall", steps=300, lr=3e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400, warmup=20,
               eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True, memory_tags=True,
               look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "read:3.2"], read_weight=5.0),
+        # the needle's looks at its tag token and cells, and the read at every tag word of an answer
+        # ("a yellow diamond." -> " yellow", " diamond"; recall_tagged_example, look kind readall)
+        Stage("recall_tagged", steps=200, lr=3e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400,
+              warmup=20, eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True,
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "readall:3.2"], read_weight=5.0),
     ]
 
 
@@ -242,9 +248,9 @@ def tiny() -> Recipe:
 
 
 def tiny_recall() -> Recipe:
-    """``tiny`` and two stages for the needle (measured, not shipped: README, Memory and NIAVH). From the
+    """``tiny`` and three stages for the needle (measured, not shipped: README, Memory and NIAVH). From the
     shipped model's stage-23 weights: ``mmlc train --recipe tiny-recall --out R --from STAGE23_DIR
-    --from-stage 24`` (about 55 minutes: rare 10, recall 44)."""
+    --from-stage 24`` (about 80 minutes: rare 10, recall 44, recall_tagged ~25)."""
     return Recipe(name="tiny-recall", preset="tiny", stages=[*_tiny_first_stages(), *_word_stages(), *_needle_stages()])
 
 

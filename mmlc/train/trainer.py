@@ -45,17 +45,21 @@ EVAL_SEED = 1_000_000_000  # held-out: training seeds come from another stream
 
 
 # ---------------------------------------------------------------------- batches
-def _read_candidates(model) -> dict[int, set[int]]:
+def _read_candidates(model, spaced: bool = False) -> dict[int, set[int]]:
     """For each answer id a frame token's word tags carry (``frames.words``: colours, sizes, shapes,
     rooms; the first token of an answer, "red." -> "red"), the first tokens of the words of its class
     (all colours for "red", all sizes for "big", ...; the union where a token starts words of several
     classes): the answers a ``read`` look is kept for (its keys) and the words its head's logits are
     compared among (:func:`mmlc.train.look.look_loss`)."""
     out: dict[int, set[int]] = {}
+    forms = [lambda w: model.layout.answer(f"{w}.").ids[0]]
+    if spaced:   # and a word's form inside a sentence ("a yellow diamond." -> " yellow"), its own class
+        forms.append(lambda w: model.tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0])
     for group in (model.config.frames.words or {}).values():
-        ids = {model.layout.answer(f"{w}.").ids[0] for w in group}
-        for i in ids:
-            out.setdefault(i, set()).update(ids)
+        for form in forms:
+            ids = {form(w) for w in group}
+            for i in ids:
+                out.setdefault(i, set()).update(ids)
     return out
 
 
@@ -108,10 +112,10 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
     if fc.chat_grid != fc.grid and any(e.still for e in examples):
         batch["image_rows"] = torch.tensor([e.still for e, px in zip(examples, per_example) for _ in range(len(px))],
                                            device=dev)
-    classes = _read_candidates(model) if "read" in look_kinds else {}
     for kind in look_kinds:
         looks = [(b, look_targets(s.looks, width, fc.pooled, kind)) for b, s in enumerate(seqs) if s.looks]
-        if kind == "read":   # only answers whose first word is one the frame tokens' word tags carry
+        if kind in ("read", "readall"):   # only answer words the frame tokens' word tags carry
+            classes = _read_candidates(model, spaced=kind == "readall")
             looks = [(b, _keep(q, k, [s.labels[i] in classes for i in q])) for (b, (q, k)), s in
                      ((item, seqs[item[0]]) for item in looks)]
         looks = [(b, (q, k)) for b, (q, k) in looks if q]
@@ -120,11 +124,11 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
                 torch.tensor([b for b, (q, _) in looks for _ in q], dtype=torch.long, device=dev),
                 torch.tensor([i for _, (q, _) in looks for i in q], dtype=torch.long, device=dev),
                 torch.cat([k for _, (_, k) in looks]).to(dev))
-            if kind == "read":   # the answer word's class: a read head ranks the colours for a colour answer
+            if kind in ("read", "readall"):   # the answer word's class: a read head ranks the colours for a colour answer
                 cand = torch.zeros((sum(len(q) for _, (q, _) in looks), model.lm.config.vocab_size), dtype=torch.bool)
                 for n, (b, i) in enumerate((b, i) for b, (q, _) in looks for i in q):
                     cand[n, sorted(classes[seqs[b].labels[i]])] = True
-                batch["read_candidates"] = cand.to(dev)
+                batch[f"{kind}_candidates"] = cand.to(dev)
     if any(memory_spans):
         batch["frame_rows"] = torch.tensor(frame_rows, device=dev)
         batch["memory_spans"] = memory_spans
@@ -214,7 +218,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
     looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
     with AttentionTap(model.lm, [layer for _, layer, _ in look_heads] if looking else [],
-                      final=any(kind == "read" for kind, _, _ in look_heads)) as tap:
+                      final=any(kind in ("read", "readall") for kind, _, _ in look_heads)) as tap:
         hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
