@@ -250,7 +250,7 @@ def tiny() -> Recipe:
 def tiny_recall() -> Recipe:
     """``tiny`` and three stages for the needle (measured, not shipped: README, Memory and NIAVH). From the
     shipped model's stage-23 weights: ``mmlc train --recipe tiny-recall --out R --from STAGE23_DIR
-    --from-stage 24`` (about 80 minutes: rare 10, recall 44, recall_tagged ~25)."""
+    --from-stage 24`` (about 85 minutes: rare 10, recall 44, recall_tagged 29)."""
     return Recipe(name="tiny-recall", preset="tiny", stages=[*_tiny_first_stages(), *_word_stages(), *_needle_stages()])
 
 
