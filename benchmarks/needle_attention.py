@@ -13,6 +13,8 @@ Recipe tiny-recall (README, Memory and NIAVH; 21 examples of 25): head 3.2 after
 0.774 / 0.768 (it finds the needle's tag).
 """
 
+from __future__ import annotations
+
 import sys
 
 import numpy as np
@@ -21,52 +23,55 @@ import torch
 import mmlc
 from mmlc.data import shapeworld as sw
 from mmlc.train import examples as ex
-from mmlc.train.trainer import collate, _features, _row_tokens, fold_memories
 from mmlc.train.look import AttentionTap, head_attention
-model = mmlc.load(sys.argv[1]).eval(); tok = model.tokenizer; lay = model.layout
-rng = np.random.default_rng(777)
-S = model.config.frames.words["shapes"]
-acc = {}
-n = 0
-for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 25):
-    e = ex.needle_memory_example(rng)
+from mmlc.train.trainer import _features, _row_tokens, collate, fold_memories
+
+
+def masses(model, e: ex.Example) -> dict | None:
+    """Per head (layer, head): attention mass at the needle answer's colour on (all memory tokens, the
+    needle shape's tag token of every block, that token of the needle's block); None without a needle
+    question in ``e``."""
+    tok, shapes = model.tokenizer, model.config.frames.words["shapes"]
     qs = [it for it in e.items if isinstance(it, ex.Question) and it.text == sw.NEEDLE_QUESTION]
-    if not qs: continue
-    needle_shape = qs[0].answer.rstrip(".").split()[-1]
+    if not qs:
+        return None
     b = collate(model, [e])
     ans = tok(qs[0].answer, add_special_tokens=False)["input_ids"]
     lab = b["labels"][0]
     pos = [i for i in range(len(lab) - len(ans)) if lab[i:i + len(ans)].tolist() == ans]
-    if not pos: continue
-    qpos = pos[-1] + 1          # predicts the colour
-    ids = b["input_ids"][0]
-    mem = (ids == lay.memory_id).nonzero().flatten()
-    m = model.config.memory.tokens
-    blocks = mem.view(-1, m)
-    with torch.no_grad():
-        feats, imf = _features(model, b["pixels"], b.get("image_rows"))
-        tokens = _row_tokens(model, feats.float(), None, None, b["frame_rows"])
-        memory, raw = fold_memories(model, feats.float(), b["memory_spans"])
-        embeds = model.embed(b["input_ids"], tokens, memory, b.get("tags"))
-        with AttentionTap(model.lm, [0, 1, 2, 3]) as tap:
+    if not pos:
+        return None
+    si = shapes.index(qs[0].answer.rstrip(".").split()[-1])
+    mem = (b["input_ids"][0] == model.layout.memory_id).nonzero().flatten()
+    tags = mem.view(-1, model.config.memory.tokens)[:, 1 + si]              # the shape's tag, every block
+    with torch.no_grad():   # the forward of trainer.lm_step, tapped
+        feats = _features(model, b["pixels"], b.get("image_rows"))[0].float()
+        memory, _ = fold_memories(model, feats, b["memory_spans"])
+        embeds = model.embed(b["input_ids"], _row_tokens(model, feats, None, None, b["frame_rows"]), memory, b.get("tags"))
+        with AttentionTap(model.lm, list(range(model.lm.config.num_hidden_layers))) as tap:
             model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=b["attention_mask"])
-        rows, queries = torch.tensor([0]), torch.tensor([qpos])
-        si = S.index(needle_shape)
-        seen = []
-        for a, bb in b["memory_spans"][0]:
-            pr = torch.sigmoid(model.reader.logits(feats[a:bb].float())["present"].float()).amax(1)[:, si]
-            seen.append(float(torch.minimum(pr[:-1], pr[1:]).max()) if len(pr) > 1 else float(pr[0]))
-        best = int(np.argmax(seen))
-    for L in range(4):
-        hidden, (cos, sin) = tap.inputs[L]
-        attn = model.lm.get_decoder().layers[L].self_attn
-        for h in range(model.lm.config.num_attention_heads):
-            with torch.no_grad():
+        seen = [float(model.reader.scene_words(feats[a:c])["seen"][si]) for a, c in b["memory_spans"][0]]
+        needle_tag = tags[int(np.argmax(seen))]
+        rows, queries = torch.tensor([0]), torch.tensor([pos[-1] + 1])       # the position predicting the colour
+        out = {}
+        for layer, (hidden, (cos, sin)) in tap.inputs.items():
+            attn = model.lm.get_decoder().layers[layer].self_attn
+            for h in range(model.lm.config.num_attention_heads):
                 p = head_attention(attn, hidden, cos, sin, h, rows, queries, b["attention_mask"])[0]
-            tag = blocks[:, 1 + S.index(needle_shape)]
-            acc.setdefault((L, h), []).append((float(p[mem].sum()), float(p[tag].sum()), float(p[tag[best]])))
-    n += 1
-print("examples", n, "memory tokens per example ~", len(mem))
-for (L, h), v in sorted(acc.items()):
-    v = np.array(v).mean(0)
-    print(f"head {L}.{h}: on memory {v[0]:.3f}  on the needle-shape tag tokens (all blocks) {v[1]:.3f}  on the needle block's one {v[2]:.3f}")
+                out[(layer, h)] = (float(p[mem].sum()), float(p[tags].sum()), float(p[needle_tag]))
+    return out
+
+
+def main(model_path: str, n: int = 25) -> dict:
+    model = mmlc.load(model_path).eval()
+    rng = np.random.default_rng(777)
+    found = [m for m in (masses(model, ex.needle_memory_example(rng)) for _ in range(n)) if m]
+    out = {f"{layer}.{h}": np.mean([m[(layer, h)] for m in found], 0).round(3).tolist() for layer, h in sorted(found[0])}
+    print(f"{len(found)} examples; per head: mass on memory, on the needle shape's tag tokens, on the needle's")
+    for k, v in out.items():
+        print(f"head {k}: {v[0]:.3f}  {v[1]:.3f}  {v[2]:.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)

@@ -46,6 +46,7 @@ from torch import nn
 
 import mmlc
 from mmlc.data import shapeworld as sw
+from mmlc.models.reader import RareHead
 from mmlc.train.examples import training_world
 from mmlc.train.vision_aux import pair_pixels
 
@@ -71,23 +72,18 @@ def frames(n: int, seed: int):
 
 
 class CellHead(nn.Module):
-    """Per-cell MLP -> (shape logits incl. 'none', colour logits); a frame's logits are the cells' max."""
+    """:class:`mmlc.models.reader.RareHead` per cell; a frame's logits are [0, each shape's best cell's
+    margin over 'none'] and its colour is read at the most needle-like cell (as ``rare_loss`` trains it)."""
 
     def __init__(self, width: int, hidden: int = 128):
         super().__init__()
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                                 nn.GELU(), nn.Linear(hidden, 1 + len(sw.NEEDLE_SHAPES) + len(sw.COLOURS)))
+        self.head = RareHead(width, len(sw.NEEDLE_SHAPES), len(sw.COLOURS), 2, hidden)
 
     def forward(self, cells: torch.Tensor):  # (N, T, D)
-        out = self.mlp(cells)
-        k = 1 + len(sw.NEEDLE_SHAPES)
-        shape = out[..., :k]
-        # the frame's score for each needle shape is its best cell's margin over that cell's 'none'
-        score = (shape[..., 1:] - shape[..., :1])                       # (N, T, S)
+        score, colour, _ = self.head(cells)                             # (N, T, S), (N, T, C)
         best = score.amax(1)                                            # (N, S)
         where = score.amax(-1).argmax(1)                                # the most needle-like cell
-        colour = out[torch.arange(len(out)), where, k:]
-        return torch.cat([torch.zeros_like(best[:, :1]), best], -1), colour
+        return torch.cat([torch.zeros_like(best[:, :1]), best], -1), colour[torch.arange(len(colour)), where]
 
 
 class PixelNet(nn.Module):

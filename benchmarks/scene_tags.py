@@ -34,9 +34,8 @@ def main(model_path: str | None = None, n: int = 100, first_seed: int = 9000) ->
         ep = sw.generate_episode(seed, sw.WorldConfig(duration=24.0, fps=2.0, needle=needle, min_scenes=1, max_scenes=1))
         with torch.no_grad():
             feats = model.vision_features(model.preprocess([ep.frame(i) for i in range(ep.n_frames)]))
-            lg = rdr.logits(feats)
-        p = torch.sigmoid(lg["present"].float()).amax(1)                          # (F, S)
-        seen = torch.minimum(p[:-1], p[1:]).amax(0)                               # as scene_tags reads it
+            words = rdr.scene_words(feats)                                         # what scene_tags embeds
+        seen = words["seen"]
         called = [s for s in rare if seen[s] > 0.5]
         if not needle:
             n_free += 1
@@ -46,12 +45,9 @@ def main(model_path: str | None = None, n: int = 100, first_seed: int = 9000) ->
         nd = ep.truth()["needles"][0]
         right = shapes.index(nd["shape"])
         hit += called == [right]
-        recency = 0.5 ** ((len(p) - 1 - torch.arange(len(p), dtype=torch.float32)) / 4.0)
-        w = torch.sigmoid(lg["present"].float())[..., right].square() * recency[:, None]   # (F, G)
-        col = (w[..., None] * torch.softmax(lg["colour"].float()[:, :, right], -1)).sum((0, 1))
         missed += right not in called
         seen_right.append(float(seen[right]))
-        colour_ok += colours[int(col.argmax())] == nd["colour"]
+        colour_ok += colours[int(words["colour"][right].argmax())] == nd["colour"]
     out = {"scenes_without_needle": n_free, "false_needle": round(false / max(n_free, 1), 3),
            "scenes_with_needle": n_needle, "needle_kept": round(hit / max(n_needle, 1), 3),
            "needle_missed": round(missed / max(n_needle, 1), 3),

@@ -64,9 +64,10 @@ class CellReader(nn.Module):
         super().__init__()
         self.words = {k: list(words[k]) for k in ("shapes", "colours", "sizes", "rooms")}
         self.pooled = pooled
-        self.rare_ids = [self.words["shapes"].index(w) for w in rare or []]
-        self.rare = RareHead(width, len(self.rare_ids), len(self.words["colours"]), len(self.words["sizes"]),
-                             hidden) if self.rare_ids else None
+        self.rare_ids: list[int] = []
+        self.rare: RareHead | None = None
+        if rare:
+            self.add_rare(rare, width, hidden)
         n_s, n_c, n_z = (len(self.words[k]) for k in ("shapes", "colours", "sizes"))
         self.trunk = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                    nn.Linear(hidden, hidden), nn.GELU())
@@ -75,6 +76,12 @@ class CellReader(nn.Module):
         self.size = nn.Linear(hidden, n_s * n_z)
         self.room = nn.Linear(hidden, len(self.words["rooms"]))
         self._ids: dict[str, torch.Tensor] | None = None
+
+    def add_rare(self, rare: list[str], width: int, hidden: int = 128) -> None:
+        """A fresh :class:`RareHead` for the shapes ``rare`` (``frames.rare``); the rest of the reader is
+        kept as it is."""
+        self.rare_ids = [self.words["shapes"].index(w) for w in rare]
+        self.rare = RareHead(width, len(rare), len(self.words["colours"]), len(self.words["sizes"]), hidden)
 
     @classmethod
     def for_config(cls, config) -> "CellReader":
@@ -94,14 +101,11 @@ class CellReader(nn.Module):
                "size": self.size(cells).view(n, g, len(self.words["shapes"]), -1)}
         if self.rare is not None:   # the rare shapes' calls come from their own detector
             present, colour, size = self.rare(feats[:, int(self.pooled):].to(self.present.weight.dtype))
-            ids = self.rare_ids
-            r = len(ids)
-            out["present"] = out["present"].clone()
-            out["present"][..., ids] = present
-            out["colour"] = out["colour"].clone()
-            out["colour"][..., ids, :] = colour[..., None, :].expand(-1, -1, r, -1)
-            out["size"] = out["size"].clone()
-            out["size"][..., ids, :] = size[..., None, :].expand(-1, -1, r, -1)
+            ids = torch.tensor(self.rare_ids, device=present.device)
+            per_shape = lambda x: x[..., None, :].expand(-1, -1, len(ids), -1)   # noqa: E731  shared by rare shapes
+            out["present"] = out["present"].index_copy(-1, ids, present)
+            out["colour"] = out["colour"].index_copy(2, ids, per_shape(colour))
+            out["size"] = out["size"].index_copy(2, ids, per_shape(size))
         if self.pooled:
             out["room"] = self.room(h[:, 0])
         return out
@@ -118,6 +122,11 @@ class CellReader(nn.Module):
             self._ids = {k: torch.tensor([first((" " if k == "shapes" else "") + w) for w in v])
                          for k, v in self.words.items()}
         return self._ids
+
+    def word_embeddings(self, table: torch.Tensor, tokenizer) -> dict[str, torch.Tensor]:
+        """{"shapes", "colours", "sizes", "rooms"} -> their tag embeddings (n, D) from ``table``, the LM's
+        input embeddings as they are now, without gradient (the tags follow the words)."""
+        return {k: table.detach()[v.to(table.device)] for k, v in self.word_ids(tokenizer).items()}
 
     def tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, mode: str = "cell",
              temperature: float = 0.25) -> torch.Tensor:
@@ -137,8 +146,7 @@ class CellReader(nn.Module):
         question's " square" can match then carries the square's own colour, and nothing else's.
         Measured by ``benchmarks/tag_oracle.py``.
         """
-        ids = {k: v.to(table.device) for k, v in self.word_ids(tokenizer).items()}
-        emb = {k: table.detach()[v] for k, v in ids.items()}
+        emb = self.word_embeddings(table, tokenizer)
         lg = self.logits(feats)
         logit = lg["present"].float()
         p = torch.sigmoid(logit)                                                    # (N, G, S)
@@ -157,22 +165,20 @@ class CellReader(nn.Module):
             cells = torch.cat([room[:, None], cells], dim=1)
         return cells.to(feats.dtype)
 
-    def scene_tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, half_life: float = 4.0) -> torch.Tensor:
-        """The tags of one closed scene (1 + S, D), for its memory tokens (``memory.tags``): the room, then
-        one tag per shape, P(seen) x (E[shape] + E[colour] + E[size]).
+    def scene_words(self, feats: torch.Tensor, half_life: float = 4.0) -> dict[str, torch.Tensor]:
+        """What one closed scene showed, as word distributions: {"seen": (S,), "colour": (S, C),
+        "size": (S, Z), "room": (R,) or absent}. ``feats`` (F, T, Dv) are the scene's frame features
+        in order.
 
-        ``feats`` (F, T, Dv) are the scene's frame features in order. A shape counts as seen as strongly
-        as it was present in *two consecutive* frames (max over f of min(p_f, p_f+1), p_f its presence
-        in the frame's most sure cell), so a one-frame misreading does not leave a false object in
-        memory while a needle shown for 1.5 s (3 frames) stays at full strength however long the scene.
-        Its colour and size are the cells' distributions weighted by presence squared and by recency
-        (halving every ``half_life`` frames back from the scene's end): memory questions ask what a
-        shape looked like when the scene ended. The room is read the same way, by recency.
-        Max-pooling over time is what a recurrent bridge has to learn and, for a brief needle, did not
-        (``benchmarks/needle_probe.py``); here it is built in, as the tags themselves are.
+        A shape counts as seen as strongly as it was present in *two consecutive* frames (max over f of
+        min(p_f, p_f+1), p_f its presence in the frame's most sure cell), so a one-frame misreading does
+        not leave a false object in memory while a needle shown for 1.5 s (3 frames) stays at full
+        strength however long the scene. Its colour and size are the cells' distributions weighted by
+        presence squared and by recency (halving every ``half_life`` frames back from the scene's end):
+        memory questions ask what a shape looked like when the scene ended. The room is read the same
+        way, by recency. Max-pooling over time is what a recurrent bridge has to learn and, for a brief
+        needle, did not (``benchmarks/needle_probe.py``); here it is built in, as the tags themselves are.
         """
-        ids = {k: v.to(table.device) for k, v in self.word_ids(tokenizer).items()}
-        emb = {k: table.detach()[v] for k, v in ids.items()}
         lg = self.logits(feats)
         p = torch.sigmoid(lg["present"].float())                                     # (F, G, S)
         per_frame = p.amax(1)                                                       # (F, S)
@@ -181,11 +187,19 @@ class CellReader(nn.Module):
         recency = 0.5 ** ((n - 1 - torch.arange(n, device=p.device, dtype=p.dtype)) / half_life)  # (F,)
         w = p.square() * recency[:, None, None]                                     # (F, G, S)
         w = w / w.sum((0, 1), keepdim=True).clamp_min(1e-9)
-        colour = (w[..., None] * F.softmax(lg["colour"].float(), -1)).sum((0, 1))   # (S, C)
-        size = (w[..., None] * F.softmax(lg["size"].float(), -1)).sum((0, 1))       # (S, Z)
-        shapes = seen[:, None] * (emb["shapes"] + colour @ emb["colours"] + size @ emb["sizes"])  # (S, D)
+        out = {"seen": seen,
+               "colour": (w[..., None] * F.softmax(lg["colour"].float(), -1)).sum((0, 1)),   # (S, C)
+               "size": (w[..., None] * F.softmax(lg["size"].float(), -1)).sum((0, 1))}       # (S, Z)
         if self.pooled:
-            room = (recency / recency.sum()) @ F.softmax(lg["room"].float(), -1) @ emb["rooms"]
-        else:
-            room = torch.zeros_like(shapes[0])
+            out["room"] = (recency / recency.sum()) @ F.softmax(lg["room"].float(), -1)
+        return out
+
+    def scene_tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, half_life: float = 4.0) -> torch.Tensor:
+        """The tags of one closed scene (1 + S, D), for its memory tokens (``memory.tags``): the room, then
+        one tag per shape, P(seen) x (E[shape] + E[colour] + E[size]), from :meth:`scene_words`."""
+        emb = self.word_embeddings(table, tokenizer)
+        words = self.scene_words(feats, half_life)
+        shapes = words["seen"][:, None] * (emb["shapes"] + words["colour"] @ emb["colours"]
+                                           + words["size"] @ emb["sizes"])          # (S, D)
+        room = words["room"] @ emb["rooms"] if "room" in words else torch.zeros_like(shapes[0])
         return torch.cat([room[None], shapes]).to(feats.dtype)

@@ -32,6 +32,8 @@ from mmlc.errors import ConfigError
 
 
 KINDS = ("answer", "name", "obj", "via", "read", "readall")
+# the kinds whose head is taught to write the answer (look_loss), not only to look
+READ_KINDS = ("read", "readall")
 
 
 def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[str, int, int]]:
@@ -197,7 +199,7 @@ def look_loss(lm, tap: AttentionTap, heads: list[tuple[str, int, int]], batch: d
         hidden, (cos, sin) = tap.inputs[layer]
         attn = lm.get_decoder().layers[layer].self_attn
         p = head_attention(attn, hidden, cos, sin, head, rows, queries, batch["attention_mask"])
-        if kind in ("read", "readall"):
+        if kind in READ_KINDS:
             logits = head_read_logits(lm, tap, layer, head, p, rows, queries).float()
             logits = logits.masked_fill(~batch[f"{kind}_candidates"], float("-inf"))
             target = batch["labels"][rows, queries]

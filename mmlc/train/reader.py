@@ -47,6 +47,11 @@ def cell_labels(state: dict, words: dict, grid: int, frame_size: int) -> dict[st
     return {"present": present, "colour": colour, "size": size, "room": room}
 
 
+def _stacked(prevs: list, curs: list, labels: list[dict]):
+    """Lists of frames and per-frame label dicts -> (prevs, curs) arrays and a dict of stacked tensors."""
+    return np.stack(prevs), np.stack(curs), {k: torch.as_tensor(np.stack([lab[k] for lab in labels])) for k in labels[0]}
+
+
 def sample_frames(rng: np.random.Generator, n: int, words: dict, grid: int, still_fraction: float = 0.25,
                   needle_fraction: float = 0.15):
     """``n`` (previous frame, frame) uint8 pairs (n, H, W, 3) each and their labels (stacked tensors)."""
@@ -72,9 +77,7 @@ def sample_frames(rng: np.random.Generator, n: int, words: dict, grid: int, stil
             prevs.append(ep.frame(max(i - 1, 0)))
             curs.append(ep.frame(i))
             labels.append(cell_labels(ep.states[i], words, grid, ep.config.size))
-    prevs, curs, labels = prevs[:n], curs[:n], labels[:n]
-    return np.stack(prevs), np.stack(curs), {k: torch.as_tensor(np.stack([lab[k] for lab in labels]))
-                                             for k in labels[0]}
+    return _stacked(prevs[:n], curs[:n], labels[:n])
 
 
 def reader_loss(model, feats: torch.Tensor, labels: dict[str, torch.Tensor]):
@@ -134,9 +137,7 @@ def sample_rare_frames(rng: np.random.Generator, n: int, words: dict, grid: int,
         free = [i for i in range(1, ep.n_frames) if not ep.states[i].get("needle")]
         for i in (int(rng.choice(shown)), int(rng.choice(free))):
             add(ep.frame(i - 1), ep.frame(i), ep.states[i], ep.config.size)
-    prevs, curs, labels = prevs[:n], curs[:n], labels[:n]
-    return np.stack(prevs), np.stack(curs), {k: torch.as_tensor(np.stack([lab[k] for lab in labels]))
-                                             for k in labels[0]}
+    return _stacked(prevs[:n], curs[:n], labels[:n])
 
 
 def rare_loss(model, feats: torch.Tensor, labels: dict[str, torch.Tensor]):
@@ -184,12 +185,10 @@ def enable_rare(model, rare: list[str] | None = None) -> bool:
         raise ConfigError("a rare-shape detector is a head of the word-tag reader: run a 'reader' stage first")
     if model.reader.rare is not None:
         return False
-    from mmlc.models.reader import CellReader
-
-    model.config.frames.rare = list(rare or [w for w in model.config.frames.words["shapes"] if w in sw.NEEDLE_SHAPES])
-    state = model.reader.state_dict()
-    model.reader = CellReader.for_config(model.config).to(model.device)
-    model.reader.load_state_dict(state, strict=False)
+    fc = model.config.frames
+    fc.rare = list(rare or [w for w in fc.words["shapes"] if w in sw.NEEDLE_SHAPES])
+    model.reader.add_rare(fc.rare, model.config.vision.hidden_size, fc.reader_hidden)
+    model.reader.to(model.device)
     return True
 
 

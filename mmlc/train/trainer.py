@@ -36,7 +36,7 @@ from mmlc.models.layout import DECISION, IGNORE, TEXT
 from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
-from mmlc.train.look import AttentionTap, look_loss, look_targets, parse_heads
+from mmlc.train.look import READ_KINDS, AttentionTap, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
 from mmlc.train.reader import enable_rare, enable_reader, rare_loss, reader_loss, sample_frames, sample_rare_frames
 from mmlc.train.vision_aux import aux_loss, make_heads, map_side, pair_pixels, sample_pairs
@@ -114,7 +114,7 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
                                            device=dev)
     for kind in look_kinds:
         looks = [(b, look_targets(s.looks, width, fc.pooled, kind)) for b, s in enumerate(seqs) if s.looks]
-        if kind in ("read", "readall"):   # only answer words the frame tokens' word tags carry
+        if kind in READ_KINDS:   # only answer words the frame tokens' word tags carry
             classes = _read_candidates(model, spaced=kind == "readall")
             looks = [(b, _keep(q, k, [s.labels[i] in classes for i in q])) for (b, (q, k)), s in
                      ((item, seqs[item[0]]) for item in looks)]
@@ -124,7 +124,7 @@ def collate(model, examples: list[ex.Example], look_kinds=(), stream_hops: bool 
                 torch.tensor([b for b, (q, _) in looks for _ in q], dtype=torch.long, device=dev),
                 torch.tensor([i for _, (q, _) in looks for i in q], dtype=torch.long, device=dev),
                 torch.cat([k for _, (_, k) in looks]).to(dev))
-            if kind in ("read", "readall"):   # the answer word's class: a read head ranks the colours for a colour answer
+            if kind in READ_KINDS:   # the answer word's class: a read head ranks the colours for a colour answer
                 cand = torch.zeros((sum(len(q) for _, (q, _) in looks), model.lm.config.vocab_size), dtype=torch.bool)
                 for n, (b, i) in enumerate((b, i) for b, (q, _) in looks for i in q):
                     cand[n, sorted(classes[seqs[b].labels[i]])] = True
@@ -218,7 +218,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
     looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
     with AttentionTap(model.lm, [layer for _, layer, _ in look_heads] if looking else [],
-                      final=any(kind in ("read", "readall") for kind, _, _ in look_heads)) as tap:
+                      final=any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap:
         hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
