@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,6 +128,15 @@ class FramesConfig:
     # per cell on every object, called the 1.5 s needle's shapes present in 5-8% of needle-free frames
     # (benchmarks/needle_detect.py). [] (the default): no second head
     rare: list = field(default_factory=list)
+    # a copy head (mmlc.models.streaming_lm.copy_logits; a pointer, as in See et al., 2017): "L.H", one
+    # attention head of the LM, whose attention at every text position, over the tag words each token
+    # carries (CellReader.tag_words, scene_tag_words), is added times ``copy_scale`` to the logits of
+    # those words (both their forms, "red" and " red"). Why: after the look stages head 3.2 puts 0.77 of
+    # its attention on the needle's tag token and the tag's colour is right 0.92 of the time, yet what the
+    # head writes ranks one fixed colour first whatever the tag says (README, Memory and NIAVH).
+    # None (the default): no copy
+    copy_head: str | None = None
+    copy_scale: float = 4.0
 
     def __post_init__(self) -> None:
         if self.words:
@@ -143,6 +153,12 @@ class FramesConfig:
         _require(isinstance(self.rare, list) and len(set(self.rare)) == len(self.rare)
                  and all(w in self.words.get("shapes", []) for w in self.rare), "frames.rare", self.rare,
                  "a list of distinct words from frames.words['shapes'] (a model with word tags)")
+        _require(self.copy_head is None or (bool(self.words) and isinstance(self.copy_head, str)
+                                            and re.fullmatch(r"\d+\.\d+", self.copy_head) is not None),
+                 "frames.copy_head", self.copy_head, "null, or \"LAYER.HEAD\" such as \"3.2\" in a model with "
+                 "word tags (frames.words)")
+        _require(isinstance(self.copy_scale, (int, float)) and not isinstance(self.copy_scale, bool)
+                 and self.copy_scale > 0, "frames.copy_scale", self.copy_scale, "a number > 0")
         _require(isinstance(self.pooled, bool), "frames.pooled", self.pooled, "true or false")
         _require(isinstance(self.grid, int) and self.grid >= 0, "frames.grid", self.grid, "an int >= 0")
         _require(self.temporal in TEMPORALS, "frames.temporal", self.temporal, f"one of {TEMPORALS}")

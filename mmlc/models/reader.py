@@ -128,42 +128,73 @@ class CellReader(nn.Module):
         input embeddings as they are now, without gradient (the tags follow the words)."""
         return {k: table.detach()[v.to(table.device)] for k, v in self.word_ids(tokenizer).items()}
 
-    def tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, mode: str = "cell",
-             temperature: float = 0.25) -> torch.Tensor:
-        """The tag of every token (N, T, D); E[room] (expected over the room words) for the pooled token.
-        ``table`` is the LM's input embedding matrix (used as it is now, without gradient: the tags
-        follow the words).
+    WORD_KINDS = ("shapes", "colours", "sizes", "rooms")
 
-        ``mode="cell"``: a grid token gets the sum over shapes of P(present) x (E[shape] + E[colour] +
-        E[size]), each shape's colour and size as the reader reads them in that cell. Where two objects
+    @property
+    def vocabulary(self) -> list[tuple[str, str]]:
+        """Every tag word as (kind, word), in the order of :meth:`tag_words`' last axis: the shapes,
+        colours, sizes, then rooms."""
+        return [(k, w) for k in self.WORD_KINDS for w in self.words[k]]
+
+    def _offsets(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for k in self.WORD_KINDS:
+            out[k] = slice(start, start + len(self.words[k]))
+            start += len(self.words[k])
+        return out
+
+    def vocabulary_embeddings(self, table: torch.Tensor, tokenizer) -> torch.Tensor:
+        """(Vw, D): the tag embedding of every word of :attr:`vocabulary` (:meth:`word_embeddings`)."""
+        emb = self.word_embeddings(table, tokenizer)
+        return torch.cat([emb[k] for k in self.WORD_KINDS])
+
+    def tag_words(self, feats: torch.Tensor, mode: str = "cell", temperature: float = 0.25) -> torch.Tensor:
+        """How much of each tag word every token of ``feats`` (N, T, Dv) carries: (N, T, Vw) over
+        :attr:`vocabulary`. A token's tag is these weights times the words' embeddings (:meth:`tags`);
+        the copy head (``frames.copy_head``, :func:`mmlc.models.streaming_lm.copy_logits`) reads them.
+
+        ``mode="cell"``: a grid token weighs every shape by P(present), and that shape's colour and size
+        as the reader reads them in that cell, by P(present) x their probabilities. Where two objects
         share a cell its tag is a bag of both objects' words: which colour goes with which shape is left
         to the LM.
 
         ``mode="object"``: binding done here. Each shape's colour and size are read once per frame (the
-        reader's distributions of its cells, weighted by its presence there), and a cell's tag is the
+        reader's distributions of its cells, weighted by its presence there), and a cell carries the
         words of *one* object: the shapes weighted by P(present) x softmax over shapes of the presence
         logits / ``temperature`` (the object the cell holds most surely wins a shared cell). Every cell a
         question's " square" can match then carries the square's own colour, and nothing else's.
         Measured by ``benchmarks/tag_oracle.py``.
+
+        The pooled token carries the room distribution.
         """
-        emb = self.word_embeddings(table, tokenizer)
         lg = self.logits(feats)
         logit = lg["present"].float()
         p = torch.sigmoid(logit)                                                    # (N, G, S)
         colour, size = F.softmax(lg["colour"].float(), -1), F.softmax(lg["size"].float(), -1)
         if mode == "object":
             w = p[..., None] / p.sum(1, keepdim=True).clamp_min(1e-6)[..., None]    # (N, G, S, 1)
-            colour = (w * colour).sum(1, keepdim=True)                              # (N, 1, S, C)
-            size = (w * size).sum(1, keepdim=True)
+            colour = (w * colour).sum(1, keepdim=True).expand(-1, p.shape[1], -1, -1)   # (N, G, S, C)
+            size = (w * size).sum(1, keepdim=True).expand(-1, p.shape[1], -1, -1)
             p = p * F.softmax(logit / temperature, -1)
         elif mode != "cell":
             raise ValueError(f"tag mode {mode!r}: use 'cell' or 'object'")
-        obj = emb["shapes"] + colour @ emb["colours"] + size @ emb["sizes"]        # (N, G or 1, S, D)
-        cells = (p[..., None] * obj).sum(2)                                         # (N, G, D)
+        n, g = p.shape[:2]
+        out = p.new_zeros(n, g + int(self.pooled), len(self.vocabulary))
+        at = self._offsets()
+        cells = out[:, int(self.pooled):]
+        cells[..., at["shapes"]] = p
+        cells[..., at["colours"]] = (p[..., None] * colour).sum(2)
+        cells[..., at["sizes"]] = (p[..., None] * size).sum(2)
         if self.pooled:
-            room = F.softmax(lg["room"].float(), -1) @ emb["rooms"]                 # (N, D)
-            cells = torch.cat([room[:, None], cells], dim=1)
-        return cells.to(feats.dtype)
+            out[:, 0, at["rooms"]] = F.softmax(lg["room"].float(), -1)
+        return out
+
+    def tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, mode: str = "cell",
+             temperature: float = 0.25) -> torch.Tensor:
+        """The tag of every token (N, T, D): :meth:`tag_words` times the words' embeddings from ``table``,
+        the LM's input embedding matrix (used as it is now, without gradient: the tags follow the words)."""
+        words = self.tag_words(feats, mode, temperature)
+        return (words @ self.vocabulary_embeddings(table, tokenizer).float()).to(feats.dtype)
 
     def scene_words(self, feats: torch.Tensor, half_life: float = 4.0) -> dict[str, torch.Tensor]:
         """What one closed scene showed, as word distributions: {"seen": (S,), "colour": (S, C),
@@ -194,12 +225,24 @@ class CellReader(nn.Module):
             out["room"] = (recency / recency.sum()) @ F.softmax(lg["room"].float(), -1)
         return out
 
+    def scene_tag_words(self, feats: torch.Tensor, half_life: float = 4.0) -> torch.Tensor:
+        """The tag words of one closed scene's 1 + S memory tokens (1 + S, Vw) over :attr:`vocabulary`
+        (``memory.tags``): the room, then one token per shape weighing P(seen), its colour x P(seen) and
+        its size x P(seen), from :meth:`scene_words`."""
+        words = self.scene_words(feats, half_life)
+        at = self._offsets()
+        seen = words["seen"]
+        out = seen.new_zeros(1 + len(seen), len(self.vocabulary))
+        if "room" in words:
+            out[0, at["rooms"]] = words["room"]
+        out[1:, at["shapes"]] = torch.diag(seen)
+        out[1:, at["colours"]] = seen[:, None] * words["colour"]
+        out[1:, at["sizes"]] = seen[:, None] * words["size"]
+        return out
+
     def scene_tags(self, feats: torch.Tensor, table: torch.Tensor, tokenizer, half_life: float = 4.0) -> torch.Tensor:
         """The tags of one closed scene (1 + S, D), for its memory tokens (``memory.tags``): the room, then
-        one tag per shape, P(seen) x (E[shape] + E[colour] + E[size]), from :meth:`scene_words`."""
-        emb = self.word_embeddings(table, tokenizer)
-        words = self.scene_words(feats, half_life)
-        shapes = words["seen"][:, None] * (emb["shapes"] + words["colour"] @ emb["colours"]
-                                           + words["size"] @ emb["sizes"])          # (S, D)
-        room = words["room"] @ emb["rooms"] if "room" in words else torch.zeros_like(shapes[0])
-        return torch.cat([room[None], shapes]).to(feats.dtype)
+        one tag per shape, P(seen) x (E[shape] + E[colour] + E[size]): :meth:`scene_tag_words` times the
+        words' embeddings."""
+        words = self.scene_tag_words(feats, half_life)
+        return (words @ self.vocabulary_embeddings(table, tokenizer).float()).to(feats.dtype)

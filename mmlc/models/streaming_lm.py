@@ -75,6 +75,11 @@ class StreamingLM(nn.Module):
 
     # ------------------------------------------------------------------ properties
     @property
+    def copy_head(self) -> str | None:
+        """``frames.copy_head``: the LM head whose attention copies tag words (:mod:`mmlc.models.copy`)."""
+        return self.config.frames.copy_head
+
+    @property
     def device(self) -> torch.device:
         return self.connector.fc1.weight.device
 
@@ -140,19 +145,24 @@ class StreamingLM(nn.Module):
             tokens.append(F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2))  # (N, k*k, Dv)
         return torch.cat(tokens, dim=1)
 
-    def project(self, feats: torch.Tensor) -> torch.Tensor:
+    def project(self, feats: torch.Tensor, words: bool = False):
         """Frame or image features (N, T, Dv) -> tokens at the LM width (N, T, D): the connector, plus the
-        reader's word tags (bound as ``frames.tag_mode`` says, times ``frames.tag_scale``) when the model has a reader (``frames.words``;
-        :mod:`mmlc.models.reader`)."""
+        reader's word tags (bound as ``frames.tag_mode`` says, times ``frames.tag_scale``) when the model
+        has a reader (``frames.words``; :mod:`mmlc.models.reader`). With ``words``: (tokens, the tag words
+        of every token (N, T, Vw) or None without a reader), for the copy head (``forward(frame_words=)``)."""
         tokens = self.connector(feats)
+        tag_words = None
         if self.reader is not None:
-            if self.tokenizer is None:
-                raise ConfigError("this model's frame tokens carry word tags (frames.words), which need its "
-                                  "tokenizer: load it with mmlc.load() or attach model.tokenizer")
-            tags = self.reader.tags(feats, self.lm.get_input_embeddings().weight, self.tokenizer,
-                                    mode=self.config.frames.tag_mode)
-            tokens = tokens + tags * self.config.frames.tag_scale
-        return tokens
+            tag_words = self.reader.tag_words(feats, mode=self.config.frames.tag_mode)
+            tokens = tokens + self._tag_embeddings(tag_words).to(tokens.dtype) * self.config.frames.tag_scale
+        return (tokens, tag_words) if words else tokens
+
+    def _tag_embeddings(self, tag_words: torch.Tensor) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise ConfigError("this model's tokens carry word tags (frames.words), which need its "
+                              "tokenizer: load it with mmlc.load() or attach model.tokenizer")
+        table = self.lm.get_input_embeddings().weight
+        return tag_words @ self.reader.vocabulary_embeddings(table, self.tokenizer).float()
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels of still chat images (N, C, S, S) -> their tokens at the LM width (N, T_image, D)."""
@@ -181,22 +191,24 @@ class StreamingLM(nn.Module):
         pooled = F.adaptive_avg_pool2d(cells, grid).flatten(2).transpose(1, 2)
         return torch.cat([head, pooled], dim=1)
 
-    def memory_embeddings(self, memory: torch.Tensor, scene: torch.Tensor | None = None) -> torch.Tensor:
+    def memory_embeddings(self, memory: torch.Tensor, scene: torch.Tensor | None = None, words: bool = False):
         """Bridge memory (..., m, Dv) -> memory tokens at the LM width (..., m, D). With ``memory.tags``
         the scene's word tags (``scene``: its frame features (F, T, Dv) in order,
         :meth:`CellReader.scene_tags`) are added, times ``frames.tag_scale``, to the first 1 + S tokens:
-        the room, then one per shape, as frame tokens carry theirs."""
+        the room, then one per shape, as frame tokens carry theirs. With ``words``: (tokens, the tag words
+        of every token (m, Vw), zero past the tagged ones, or None without tags)."""
         if self.bridge is None:
             raise ConfigError("this model has no memory bridge (config memory.tokens = 0): stream with memory=False")
         tokens = self.connector(memory) + self.memory_offset
+        tag_words = None
         if self.config.memory.tags:
             if scene is None:
                 raise ValueError("this model's memory tokens carry their scene's tags (memory.tags): pass the "
                                  "scene's frame features as memory_embeddings(memory, scene)")
-            tags = self.reader.scene_tags(scene, self.lm.get_input_embeddings().weight, self.tokenizer)
-            pad = tokens.new_zeros(tokens.shape[-2] - tags.shape[0], tags.shape[-1])
-            tokens = tokens + torch.cat([tags.to(tokens), pad]) * self.config.frames.tag_scale
-        return tokens
+            tagged = self.reader.scene_tag_words(scene)
+            tag_words = torch.cat([tagged, tagged.new_zeros(tokens.shape[-2] - tagged.shape[0], tagged.shape[-1])])
+            tokens = tokens + self._tag_embeddings(tag_words).to(tokens) * self.config.frames.tag_scale
+        return (tokens, tag_words) if words else tokens
 
     # ------------------------------------------------------------------ LM
     def embed(self, input_ids: torch.Tensor, frame_tokens: torch.Tensor | None = None,
@@ -228,19 +240,68 @@ class StreamingLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, *, pixels: torch.Tensor | None = None,
                 frame_tokens: torch.Tensor | None = None, memory_tokens: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None, logits_to_keep: int = 0,
-                attention_mask: torch.Tensor | None = None, tags: torch.Tensor | None = None):
+                attention_mask: torch.Tensor | None = None, tags: torch.Tensor | None = None,
+                frame_words: torch.Tensor | None = None, memory_words: torch.Tensor | None = None):
         """One LM pass over ``input_ids`` (B, L) whose frame placeholders take the frames' tokens.
 
         Give either ``pixels`` (N, C, S, S) or precomputed ``frame_tokens`` (N, T, D); ``memory_tokens``
         (M, D) fill memory placeholders (:meth:`memory_embeddings` of the bridge's memory). Positions are
         explicit when a cache is used (the session tracks the true count). ``tags`` (B, L) as in
         :meth:`embed`. Returns the transformers output (``.logits``: (B, L or logits_to_keep, V)).
+
+        With a copy head (``frames.copy_head``, :mod:`mmlc.models.copy`) the logits at text positions
+        also get the copy of the tag words the head attends to: ``frame_words`` (N, T, Vw) and
+        ``memory_words`` (M, Vw) are the tag words of the frame and memory tokens (``project`` /
+        ``memory_embeddings`` with ``words=True``; None: they carry none), kept on ``cache`` for later
+        calls.
         """
         if pixels is not None:
-            frame_tokens = self.frame_embeddings(pixels)
+            if self.config.frames.copy_head is not None:
+                frame_tokens, frame_words = self.project(self.vision_features(pixels), words=True)
+            else:
+                frame_tokens = self.frame_embeddings(pixels)
         embeds = self.embed(input_ids, frame_tokens, memory_tokens, tags)
-        return self.lm(inputs_embeds=embeds, position_ids=position_ids, cache=cache,
-                       use_cache=cache is not None, logits_to_keep=logits_to_keep, attention_mask=attention_mask)
+        run = dict(inputs_embeds=embeds, position_ids=position_ids, cache=cache, use_cache=cache is not None,
+                   logits_to_keep=logits_to_keep, attention_mask=attention_mask)
+        if self.config.frames.copy_head is None:
+            return self.lm(**run)
+        from mmlc.models.copy import LayerInputTap, copy_logits, parse_head
+
+        layer, head = parse_head(self.config.frames.copy_head)
+        words = self._position_words(input_ids, frame_words, memory_words)
+        if cache is not None:
+            before = getattr(cache, "copy_words", None)
+            if before is not None and before.shape[1] != cache.get_seq_length():
+                raise ValueError(f"the cache holds {cache.get_seq_length()} tokens but tag words for "
+                                 f"{before.shape[1]}: cut it with mmlc.streaming.kv.drop_tokens / crop_tokens")
+            words = words if before is None else torch.cat([before, words], 1)
+        with LayerInputTap(self.lm, layer) as tap:
+            out = self.lm(**run)
+        if cache is not None:
+            cache.copy_words = words
+        keep = out.logits.shape[1]
+        copied = copy_logits(self.lm, tap, head, words, keep, cache=cache, attention_mask=attention_mask, layer=layer)
+        text = ~((input_ids == self.layout.frame_id) | (input_ids == self.layout.memory_id))[:, -keep:]
+        added = (copied @ self._copy_matrix().to(copied.device)) * (self.config.frames.copy_scale * text[..., None])
+        out.logits = out.logits + added.to(out.logits.dtype)
+        return out
+
+    def _position_words(self, input_ids: torch.Tensor, frame_words, memory_words) -> torch.Tensor:
+        """(B, L, Vw): each position's tag words, frame and memory placeholders filled in order."""
+        vw = len(self.reader.vocabulary)
+        words = torch.zeros(*input_ids.shape, vw, device=input_ids.device)
+        for ids, values in ((self.layout.frame_id, frame_words), (self.layout.memory_id, memory_words)):
+            mask = input_ids == ids
+            if values is not None and int(mask.sum()):
+                words[mask] = values.reshape(-1, vw).to(words)
+        return words
+
+    def _copy_matrix(self) -> torch.Tensor:
+        if getattr(self, "_copy_m", None) is None:
+            from mmlc.models.copy import word_to_vocab
+
+            self._copy_m = word_to_vocab(self.reader, self.tokenizer, self.lm.get_output_embeddings().weight.shape[0])
+        return self._copy_m
 
     def live_loss(self, logits: torch.Tensor, labels: torch.Tensor, label_kind: torch.Tensor) -> dict[str, torch.Tensor]:
         """The LIVE objective: text loss on reply tokens + ``stream_loss_weight`` x frame-decision loss.

@@ -94,20 +94,25 @@ class CachedDecoder:
             self._forward_ids(self.layout.prefix(self.system).ids, need_logits=False)
             self.prefix_length = self.kv_length
 
-    def _forward(self, chunk: Chunk, frame_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        return self._forward_ids(chunk.ids, frame_tokens, tags=chunk.tags)
+    def _forward(self, chunk: Chunk, frame_tokens: torch.Tensor | None = None,
+                 frame_words: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward_ids(chunk.ids, frame_tokens, tags=chunk.tags, frame_words=frame_words)
 
     @torch.inference_mode()
     def _forward_ids(self, ids: list[int], frame_tokens: torch.Tensor | None = None,
                      need_logits: bool = True, memory_tokens: torch.Tensor | None = None,
-                     tags: list[int] | None = None) -> torch.Tensor | None:
+                     tags: list[int] | None = None, frame_words: torch.Tensor | None = None,
+                     memory_words: torch.Tensor | None = None) -> torch.Tensor | None:
         """Append ``ids`` to the cache at the true positions; logits (V,) of the last one. ``tags``: per
-        id, a token whose embedding is added there (-100: none), as :attr:`Chunk.tags`."""
+        id, a token whose embedding is added there (-100: none), as :attr:`Chunk.tags`. ``frame_words`` /
+        ``memory_words``: the tag words of the frame / memory tokens, for a model with a copy head
+        (:meth:`StreamingLM.forward`)."""
         self._start()
         dev = self.model.device
         input_ids = torch.tensor([ids], device=dev)
         positions = torch.arange(self.position, self.position + len(ids), device=dev)[None]
         extra = {} if tags is None else {"tags": torch.tensor([tags], device=dev)}
+        extra.update({k: v for k, v in (("frame_words", frame_words), ("memory_words", memory_words)) if v is not None})
         out = self.model(input_ids, frame_tokens=frame_tokens, memory_tokens=memory_tokens, position_ids=positions,
                          cache=self.cache, logits_to_keep=1, **extra)
         self.position += len(ids)

@@ -86,13 +86,25 @@ class GrowingLayer(DynamicLayer):
 
 
 def drop_tokens(cache: DynamicCache, start: int, end: int) -> None:
-    """Remove tokens ``[start, end)`` from every layer of ``cache`` (growing or transformers' dynamic)."""
+    """Remove tokens ``[start, end)`` from every layer of ``cache`` (growing or transformers' dynamic),
+    and from the tag words the copy head keeps on it (``cache.copy_words``, :mod:`mmlc.models.copy`)."""
+    words = getattr(cache, "copy_words", None)
+    if words is not None:
+        cache.copy_words = torch.cat([words[:, :start], words[:, end:]], dim=1)
     for layer in cache.layers:
         if isinstance(layer, GrowingLayer):
             layer.drop(start, end)
         elif getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
             layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., end:, :]], dim=-2)
             layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
+
+
+def crop_tokens(cache: DynamicCache, length: int) -> None:
+    """Keep the first ``length`` tokens of ``cache`` (and of its ``copy_words``)."""
+    words = getattr(cache, "copy_words", None)
+    if words is not None:
+        cache.copy_words = words[:, :length]
+    cache.crop(length - cache.get_seq_length())
 
 
 def growing_cache(config) -> DynamicCache:

@@ -173,8 +173,8 @@ class StreamSession(CachedDecoder):
     def push_frame(self, frame, t: float | None = None) -> list[Event]:
         """Feed one frame (H, W, 3) RGB at time ``t`` (default: one frame period after the last)."""
         t = self._next_time(t)
-        tokens, feats = self._encode([frame])
-        return self._step(t, tokens[0], None if feats is None else feats[0])
+        tokens, feats, words = self._encode([frame])
+        return self._step(t, tokens[0], None if feats is None else feats[0], None if words is None else words[0])
 
     def feed(self, source, *, fps: float | None = None) -> Iterator[Event]:
         """Stream a source (path, ``webcam[:N]``, FrameSource, or iterable of ``(t, frame)``).
@@ -191,9 +191,10 @@ class StreamSession(CachedDecoder):
             while True:
                 items, error = _take(it, batch)
                 if items:
-                    tokens, feats = self._encode([f for _, f in items])
+                    tokens, feats, words = self._encode([f for _, f in items])
                     for k, ((t, _), tok) in enumerate(zip(items, tokens)):
-                        for ev in self._step(self._next_time(t), tok, None if feats is None else feats[k]):
+                        for ev in self._step(self._next_time(t), tok, None if feats is None else feats[k],
+                                             None if words is None else words[k]):
                             yield ev
                 if error is not None:
                     ev = Event(t=max(self.clock, 0.0), kind="error", text=str(error), frame=self.frames_seen)
@@ -228,9 +229,11 @@ class StreamSession(CachedDecoder):
         return events
 
     # ------------------------------------------------------------------ steps
-    def _step(self, t: float, frame_tokens: torch.Tensor, feats: torch.Tensor | None = None) -> list[Event]:
+    def _step(self, t: float, frame_tokens: torch.Tensor, feats: torch.Tensor | None = None,
+              words: torch.Tensor | None = None) -> list[Event]:
         """Insert due questions, append one frame, decide, maybe reply. ``feats`` (T, Dv): the frame's
-        features at the vision width (with scenes or memory)."""
+        features at the vision width (with scenes or memory); ``words`` (T, Vw): its tokens' tag words
+        (a model with a copy head)."""
         events = []
         while self._pending and self._pending[0][0] < t - EPS:
             tq, _, q = heapq.heappop(self._pending)
@@ -242,9 +245,9 @@ class StreamSession(CachedDecoder):
         if self.window_seconds is not None:
             self._start()
             self._frame_kv.append(self.kv_length)
-        logits = self._forward(chunk, frame_tokens[None])
+        logits = self._forward(chunk, frame_tokens[None], None if words is None else words[None])
         if self.memory:
-            self._scene_log.append(("frame", self.frames_seen, frame_tokens, feats))
+            self._scene_log.append(("frame", self.frames_seen, frame_tokens, feats, words))
         if self.window_seconds is not None:
             self._slide_window()
         self.last_logits = logits
@@ -301,8 +304,9 @@ class StreamSession(CachedDecoder):
             super()._start()
             self._scene_kv, self._scene_pos = self.kv_length, self.position
 
-    def _forward_ids(self, ids, frame_tokens=None, need_logits=True, memory_tokens=None, tags=None):
-        logits = super()._forward_ids(ids, frame_tokens, need_logits, memory_tokens, tags)
+    def _forward_ids(self, ids, frame_tokens=None, need_logits=True, memory_tokens=None, tags=None,
+                     frame_words=None, memory_words=None):
+        logits = super()._forward_ids(ids, frame_tokens, need_logits, memory_tokens, tags, frame_words, memory_words)
         if self.memory and frame_tokens is None and self._scene_kv is not None:
             self._scene_log.append(("text", list(ids)))      # said during the current scene
         return logits
@@ -311,7 +315,7 @@ class StreamSession(CachedDecoder):
     def _close_scene(self, boundary: int) -> None:
         """The scene before frame ``boundary`` is closed: fold it, put its memory block where it began,
         replay what was fed since ``boundary``, and keep at most ``max_memories`` blocks."""
-        from mmlc.streaming.kv import drop_tokens
+        from mmlc.streaming.kv import crop_tokens, drop_tokens
 
         cut = next((k for k, e in enumerate(self._scene_log) if e[0] == "frame" and e[1] >= boundary),
                    len(self._scene_log))
@@ -321,16 +325,17 @@ class StreamSession(CachedDecoder):
             return
         feats = torch.stack(feats)
         memory = self._memory_state.add_scene(self.model.memory_features(feats))
-        tokens = self.model.memory_embeddings(memory, feats)[0]
+        tokens, words = self.model.memory_embeddings(memory, feats, words=True)
+        tokens = tokens[0]   # words: (m, Vw), one block's, whatever the memory's batch shape
         said = [i for e in scene if e[0] == "text" for i in e[1]]
         # back to where the scene began, then its block: <m>*n + what was said
-        self.cache.crop(self._scene_kv - self.kv_length)
+        crop_tokens(self.cache, self._scene_kv)
         self.position = self._scene_pos
         self._scene_log = []
         block_start = self._scene_kv
         # the block itself is not part of the new scene: fed past the logging override
         super()._forward_ids([self.layout.memory_id] * tokens.shape[0] + said, need_logits=False,
-                             memory_tokens=tokens)
+                             memory_tokens=tokens, memory_words=words)
         self._blocks.append([block_start, self.kv_length])
         while len(self._blocks) > self.max_memories:
             a, b = self._blocks.pop(0)
@@ -343,7 +348,7 @@ class StreamSession(CachedDecoder):
         for entry in tail:                # the new scene's frames (and words) seen before the cut was known
             if entry[0] == "frame":
                 chunk = self.layout.frame(entry[1], after_frame=self._last_item == "frame")
-                self._forward(chunk, entry[2][None])
+                self._forward(chunk, entry[2][None], None if entry[4] is None else entry[4][None])
                 self._scene_log.append(entry)
                 self._last_item = "frame"
             else:
@@ -373,23 +378,26 @@ class StreamSession(CachedDecoder):
         return ev
 
     @torch.inference_mode()
-    def _encode(self, frames: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, frames: list) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Frames -> (frame tokens (N, T, D), frame features at the vision width (N, T, Dv) when scenes
-        or memory are on), continuing the previous-frame channel across calls."""
+        or memory are on, the tokens' tag words (N, T, Vw) for a model with a copy head), continuing the
+        previous-frame channel across calls."""
         start = time.perf_counter() if self.profile else 0.0
         pixels = self.model.preprocess(frames, previous=self._prev_pixels)
         self._prev_pixels = pixels[-1, :3].clone()
-        feats = None
-        if self.scenes:  # SceneTiling compares the pooled token; the bridge folds all of them
+        feats = words = None
+        copy = getattr(self.model, "copy_head", None) is not None
+        if self.scenes or copy:  # SceneTiling compares the pooled token; the bridge folds all of them
             feats = self.model.vision_features(pixels)
-            tokens = self.model.project(feats)
+            tokens, words = self.model.project(feats, words=True)
+            feats = feats if self.scenes else None
         else:
             tokens = self.model.frame_embeddings(pixels)
         if self.profile:
             if tokens.is_cuda:
                 torch.cuda.synchronize(tokens.device)
             self._encode_share = (time.perf_counter() - start) / len(frames)
-        return tokens, feats
+        return tokens, feats, words
 
     def _next_time(self, t: float | None) -> float:
         if t is None:

@@ -71,6 +71,10 @@ class Stage:
     # from this stage on, each scene's memory tokens also carry its word tags (memory.tags; the saved
     # config says so; mmlc.models.reader.CellReader.scene_tags). For LM stages of a model with a reader.
     memory_tags: bool = False
+    # from this stage on, the model copies tag words through this LM head ("LAYER.HEAD"; frames.copy_head,
+    # mmlc.models.copy) times copy_scale (0: the model's, 4 by default); the saved config says so
+    copy_head: str = ""
+    copy_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tower_dtype not in ("", "float32", "bfloat16", "float16"):
@@ -96,6 +100,9 @@ class Stage:
         if self.tag_mode not in ("", "cell", "object") or (self.tag_mode and self.name == "vision"):
             raise ConfigError(f"Stage('{self.name}', tag_mode={self.tag_mode!r}): give 'cell' or 'object' on an LM "
                               "stage after the reader stage, or '' to keep the model's")
+        if self.copy_scale < 0 or ((self.copy_head or self.copy_scale) and self.name in ("vision", "reader", "rare")):
+            raise ConfigError(f"Stage('{self.name}', copy_head={self.copy_head!r}, copy_scale={self.copy_scale}): "
+                              "the copy head belongs to an LM stage after the reader; a scale is > 0, or 0 for the model's")
         if self.read_weight <= 0:
             raise ConfigError(f"Stage('{self.name}', read_weight={self.read_weight}): give a number > 0 (1 weighs a "
                               "read head like any other look head)")
@@ -236,6 +243,11 @@ def _needle_stages() -> list[Stage]:
         Stage("recall_tagged", steps=200, lr=3e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400,
               warmup=20, eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True,
               look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "readall:3.2"], read_weight=5.0),
+        # the copy head (mmlc.models.copy): head 3.2 copies the tag words it attends to into the
+        # logits, and the LM trains through it (the pointer learns where answers come from)
+        Stage("recall_tagged", steps=150, lr=2e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400,
+              warmup=10, eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True,
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "readall:3.2"], read_weight=5.0, copy_head="3.2"),
     ]
 
 

@@ -36,7 +36,7 @@ from mmlc.models.layout import DECISION, IGNORE, TEXT
 from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
-from mmlc.train.look import READ_KINDS, AttentionTap, look_loss, look_targets, parse_heads
+from mmlc.train.look import READ_KINDS, AttentionTap, head_attention, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
 from mmlc.train.reader import enable_rare, enable_reader, rare_loss, reader_loss, sample_frames, sample_rare_frames
 from mmlc.train.vision_aux import aux_loss, make_heads, map_side, pair_pixels, sample_pairs
@@ -198,7 +198,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     if train_vision:
         feats, image_feats = _features(model, batch["pixels"], image_rows)
         tokens = _row_tokens(model, feats, image_feats, image_rows, None)
-        memory = None
+        memory = frame_words = memory_words = None
     else:
         with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, tower_dtype or "float32"),
                                              enabled=tower_dtype not in (None, "float32")):
@@ -206,22 +206,27 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         feats = feats.float()
         image_feats = None if image_feats is None else image_feats.float()
         rows = batch.get("frame_rows")
-        tokens = _row_tokens(model, feats, image_feats, image_rows, rows)
-        memory, raw = fold_memories(model, feats, batch["memory_spans"]) if rows is not None else (None, None)
-    if full_logits:
-        out = model(batch["input_ids"], frame_tokens=tokens, memory_tokens=memory,
-                    attention_mask=batch["attention_mask"], tags=batch.get("tags"))
+        tokens, frame_words = _row_tokens(model, feats, image_feats, image_rows, rows, words=True)
+        memory, raw, memory_words = (fold_memories(model, feats, batch["memory_spans"], words=True)
+                                     if rows is not None else (None, None, None))
+    if full_logits:   # as a session scores it: with the copy head where the model has one
+        out = model(batch["input_ids"], frame_tokens=tokens, memory_tokens=memory, attention_mask=batch["attention_mask"],
+                    tags=batch.get("tags"), frame_words=frame_words, memory_words=memory_words)
         parts = model.live_loss(out.logits, batch["labels"], batch["kinds"])
         if probe is not None and raw is not None and "memory_targets" in batch:
             parts["memory_probe_loss"], parts["probe_right"] = probe(raw, batch["memory_targets"])
         return parts, out.logits
     embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
     looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
-    with AttentionTap(model.lm, [layer for _, layer, _ in look_heads] if looking else [],
-                      final=any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap:
+    copying = model.config.frames.copy_head is not None and not train_vision
+    copy_layer = int(model.config.frames.copy_head.split(".")[0]) if copying else None
+    with AttentionTap(model.lm, ([layer for _, layer, _ in look_heads] if looking else []) + ([copy_layer] if copying else []),
+                      final=looking and any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap:
         hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
     logits = model.lm.get_output_embeddings()(hidden[keep])
+    if copying:   # trained through the copy head, as the session scores (mmlc.models.copy)
+        logits = logits + _copy_added(model, tap, batch, keep, frame_words, memory_words).to(logits.dtype)
     parts = model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep])
     if looking:
         parts["look_loss"], parts["look_mass"], parts["look_heads_mass"] = look_loss(model.lm, tap, list(look_heads),
@@ -231,6 +236,25 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
         parts["loss"] = parts["loss"] + parts["memory_probe_loss"]
     return parts, logits
+
+
+def _copy_added(model, tap: AttentionTap, batch: dict, keep: torch.Tensor, frame_words, memory_words) -> torch.Tensor:
+    """What the copy head adds to the logits at the ``keep`` positions (N_keep, V), in their order: its
+    attention (:func:`mmlc.train.look.head_attention`) over the tag words of every position, at text
+    positions only, as :meth:`StreamingLM.forward` adds it."""
+    layer, head = (int(x) for x in model.config.frames.copy_head.split("."))
+    ids = batch["input_ids"]
+    words = model._position_words(ids, frame_words, memory_words)               # (B, L, Vw)
+    rows, queries = keep.nonzero(as_tuple=True)
+    hidden, (cos, sin) = tap.inputs[layer]
+    p = head_attention(model.lm.get_decoder().layers[layer].self_attn, hidden, cos, sin, head, rows, queries,
+                       batch["attention_mask"])                                   # (N, L)
+    copied = torch.zeros(len(rows), words.shape[-1], device=p.device)
+    for b in rows.unique().tolist():
+        sel = rows == b
+        copied[sel] = p[sel] @ words[b]
+    text = ~((ids == model.layout.frame_id) | (ids == model.layout.memory_id))[rows, queries]
+    return (copied @ model._copy_matrix().to(copied.device)) * (model.config.frames.copy_scale * text[:, None])
 
 
 def _features(model, pixels: torch.Tensor, image_rows: torch.Tensor | None):
@@ -243,34 +267,48 @@ def _features(model, pixels: torch.Tensor, image_rows: torch.Tensor | None):
     return feats, model.frame_features(maps[image_rows], pooled[image_rows], grid=model.config.frames.chat_grid)
 
 
-def _row_tokens(model, feats, image_feats, image_rows, rows) -> torch.Tensor:
+def _row_tokens(model, feats, image_feats, image_rows, rows, words: bool = False):
     """The LM-width tokens of the rows that fill frame placeholders (``rows``, or all), in order: chat
-    image rows take their image tokens, the others their frame tokens."""
+    image rows take their image tokens, the others their frame tokens. With ``words``: (tokens, their
+    tag words or None), as :meth:`StreamingLM.project`."""
     if image_feats is None:
-        return model.project(feats if rows is None else feats[rows])
+        return model.project(feats if rows is None else feats[rows], words=words)
     which = torch.cumsum(image_rows.long(), 0) - 1
     order = torch.arange(feats.shape[0], device=feats.device) if rows is None else rows
     is_image = image_rows[order]
     # project only the rows placed (a memory batch folds many more frames than it places), frames and
     # images apart (their token counts may differ), then interleave them back in order
-    frames = iter(model.project(feats[order[~is_image]]))
-    images = iter(model.project(image_feats[which[order[is_image]]]))
-    return torch.cat([next(images) if bool(img) else next(frames) for img in is_image])
+    frames = model.project(feats[order[~is_image]], words=True)
+    images = model.project(image_feats[which[order[is_image]]], words=True)
+    out = []
+    for part in range(2 if words else 1):
+        if frames[part] is None:
+            out.append(None)
+            continue
+        f, i = iter(frames[part]), iter(images[part])
+        out.append(torch.cat([next(i) if bool(img) else next(f) for img in is_image]))
+    return tuple(out) if words else out[0]
 
 
-def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]]):
+def fold_memories(model, feats: torch.Tensor, spans: list[list[tuple[int, int]]], words: bool = False):
     """Memory tokens (M*m, D) for every Memory item of a batch, in order, and the bridge's memories
     (M, m, Dv): each example's scenes (row spans of ``feats``, frame features (N, T, Dv)) folded one
-    after another by the bridge, as the session folds a stream's scenes. (None, None) without any."""
+    after another by the bridge, as the session folds a stream's scenes. (None, None) without any.
+    With ``words``, a third item: the memory tokens' tag words (M*m, Vw) or None."""
     from mmlc.models.memory import MemoryState
 
-    out, raw = [], []
+    out, raw, tagged = [], [], []
     for example_spans in spans:
         state = MemoryState(model.bridge)
         for a, b in example_spans:
             raw.append(state.add_scene(model.memory_features(feats[a:b]))[0])
-            out.append(model.memory_embeddings(raw[-1], feats[a:b]))
-    return (torch.cat(out), torch.stack(raw)) if out else (None, None)
+            tokens, w = model.memory_embeddings(raw[-1], feats[a:b], words=True)
+            out.append(tokens)
+            tagged.append(w)
+    result = (torch.cat(out), torch.stack(raw)) if out else (None, None)
+    if not words:
+        return result
+    return (*result, torch.cat(tagged) if tagged and tagged[0] is not None else None)
 
 
 def draw_batch(model, stage: Stage, rng: np.random.Generator) -> list[ex.Example]:
@@ -504,6 +542,8 @@ class Run:
                 enable_rare(model)
             if stage.memory_tags:
                 set_memory_tags(model)
+            if stage.copy_head:
+                set_copy_head(model, stage.copy_head, stage.copy_scale or None)
             if stage.tag_scale or stage.tag_mode:
                 set_tags(model, stage.tag_scale, stage.tag_mode)
         if state is not None:
@@ -560,6 +600,9 @@ class Run:
                      f"({sum(p.numel() for p in model.reader.rare.parameters())} parameters)")
         if stage.memory_tags and set_memory_tags(model):
             self.log(f"stage {stage.name}: memory tokens carry their scene's word tags from here on")
+        if stage.copy_head and set_copy_head(model, stage.copy_head, stage.copy_scale or None):
+            self.log(f"stage {stage.name}: head {stage.copy_head} copies tag words into the logits "
+                     f"(x{model.config.frames.copy_scale:g}) from here on")
         if stage.fresh_digits and step0 == 0:
             n = fresh_digit_embeddings(model, seed=self.recipe.seed + s_idx)
             self.log(f"stage {stage.name}: embeddings of {n} digit tokens drawn afresh")
@@ -743,6 +786,30 @@ def set_tags(model, scale: float = 0.0, mode: str = "") -> bool:
     if mode:
         fc.tag_mode = mode
     return (fc.tag_scale, fc.tag_mode) != before
+
+
+def set_copy_head(model, head: str, scale: float | None = None) -> bool:
+    """From now on LM head ``head`` ("LAYER.HEAD") copies the tag words it attends to into the logits,
+    times ``scale`` (None: the config's; frames.copy_head, :mod:`mmlc.models.copy`), checked as a
+    loaded config would be. Returns whether anything changed."""
+    from mmlc.config import MmlcConfig
+
+    if model.reader is None:
+        raise ConfigError(f"copy_head={head!r}: the copy head reads word tags and this model has none yet; put it "
+                          "on a stage after the reader stage")
+    data = model.config.to_dict()
+    data["frames"]["copy_head"] = head
+    if scale is not None:
+        data["frames"]["copy_scale"] = scale
+    checked = MmlcConfig.from_dict(data).frames     # raises ConfigError naming the field
+    layer, h = (int(x) for x in head.split("."))
+    lm = model.lm.config
+    if not (layer < lm.num_hidden_layers and h < lm.num_attention_heads):
+        raise ConfigError(f"copy_head={head!r}: this LM has {lm.num_hidden_layers} layers of "
+                          f"{lm.num_attention_heads} heads; give LAYER.HEAD within them")
+    changed = (model.config.frames.copy_head, model.config.frames.copy_scale) != (checked.copy_head, checked.copy_scale)
+    model.config.frames.copy_head, model.config.frames.copy_scale = checked.copy_head, checked.copy_scale
+    return changed
 
 
 def set_memory_tags(model) -> bool:
