@@ -7,8 +7,12 @@ The logits are those of evaluation and sessions (``lm_step(full_logits=True)``).
 
     python benchmarks/copy_scale.py MODEL [N] [HEAD] [SCALES]
 
-Recipe tiny-recall after stage 26 (README, Memory and NIAVH; 21 memory examples of 25, head 3.2):
-scale 0 -> article/colour/shape 0.86 / 0.24 / 0.57; scale 4 -> 0.97 / 0.94 / 1.00 (35 of 40).
+Recipe tiny-recall after stage 26 (README, Memory and NIAVH; ``MODEL 20 3.2 0,2,4,8``, head 3.2),
+article / colour / shape:
+
+    needle in memory (19 examples)   scale 0: 1.00 / 0.16 / 0.47   scale 2, 4, 8: 1.00 / 0.84 / 1.00
+    needle in the frames (20)        scale 0: 1.00 / 0.10 / 0.55   scale 2: 1.00 / 0.95 / 0.95
+                                                                   scale 4, 8: 1.00 / 1.00 / 0.95
 """
 
 from __future__ import annotations

@@ -260,6 +260,28 @@ def test_scene_tags_keep_what_two_consecutive_frames_show_and_read_colours_by_re
         model.memory_embeddings(memory)
 
 
+def test_a_needle_at_the_start_of_a_long_scene_keeps_its_colour(tiny_with):
+    """A diamond read surely (yellow) in frames 0-2 of a 40-frame scene, then faintly (presence 0.01,
+    red) in every later frame: its tag's colour is yellow. Weighted by presence squared and recency
+    alone, the faint late frames (0.01 ** 2 at recency ~1) outweighed the needle (1 at 0.5 ** 9.5)."""
+    model = tiny_with(**{"memory.tokens": 8})
+    rd.enable_reader(model)
+    rdr, words = model.reader, model.config.frames.words
+    S, C, Z, R = (len(words[k]) for k in ("shapes", "colours", "sizes", "rooms"))
+    n, g = 40, model.tokens_per_frame - 1
+    di = words["shapes"].index("diamond")
+    yellow, red = (words["colours"].index(c) for c in ("yellow", "red"))
+    present, colour = torch.full((n, g, S), -30.0), torch.full((n, g, S, C), -30.0)
+    size, room = torch.zeros((n, g, S, Z)), torch.zeros((n, R))
+    present[:3, 0, di] = 30.0
+    present[3:, 0, di] = float(torch.logit(torch.tensor(0.01)))
+    colour[:3, 0, di, yellow] = colour[3:, 0, di, red] = 30.0
+    rdr.logits = _hand_logits(words, present, colour, size, room)
+    got = rdr.scene_words(torch.zeros(n, model.tokens_per_frame, model.config.vision.hidden_size))
+    assert float(got["seen"][di]) > 0.99
+    assert int(got["colour"][di].argmax()) == yellow and float(got["colour"][di, yellow]) > 0.99
+
+
 def test_memory_tags_need_a_reader_and_enough_memory_tokens(tiny_with):
     from mmlc.config import apply_overrides
     from mmlc.models.presets import preset

@@ -205,7 +205,8 @@ class CellReader(nn.Module):
         min(p_f, p_f+1), p_f its presence in the frame's most sure cell), so a one-frame misreading does
         not leave a false object in memory while a needle shown for 1.5 s (3 frames) stays at full
         strength however long the scene. Its colour and size are the cells' distributions weighted by
-        presence squared and by recency (halving every ``half_life`` frames back from the scene's end):
+        presence squared and by recency (halving every ``half_life`` frames back from the scene's end),
+        over the cells where it is read at least half as surely as its surest:
         memory questions ask what a shape looked like when the scene ended. The room is read the same
         way, by recency. Max-pooling over time is what a recurrent bridge has to learn and, for a brief
         needle, did not (``benchmarks/needle_probe.py``); here it is built in, as the tags themselves are.
@@ -216,7 +217,11 @@ class CellReader(nn.Module):
         seen = torch.minimum(per_frame[:-1], per_frame[1:]).amax(0) if len(per_frame) > 1 else per_frame[0]
         n = p.shape[0]
         recency = 0.5 ** ((n - 1 - torch.arange(n, device=p.device, dtype=p.dtype)) / half_life)  # (F,)
-        w = p.square() * recency[:, None, None]                                     # (F, G, S)
+        # only where the shape is read at least half as surely as anywhere in the scene: else a needle shown
+        # at the start of a long scene had its colour read from the faint misreadings of later frames
+        # (presence 0.01 at recency 1 outweighs 1.0 at 0.5 ** 15)
+        sure = p >= 0.5 * p.amax((0, 1), keepdim=True)
+        w = p.square() * recency[:, None, None] * sure                              # (F, G, S)
         w = w / w.sum((0, 1), keepdim=True).clamp_min(1e-9)
         out = {"seen": seen,
                "colour": (w[..., None] * F.softmax(lg["colour"].float(), -1)).sum((0, 1)),   # (S, C)
