@@ -229,10 +229,11 @@ def _word_stages() -> list[Stage]:
 
 
 def _needle_stages() -> list[Stage]:
-    """Stages 24-26 of recipe ``tiny-recall`` (README, Memory and NIAVH; measured, not shipped): a
+    """Stages 24-27 of recipe ``tiny-recall`` (README, Memory and NIAVH; measured, not shipped): a
     detector of the needle's shapes in the reader (the tower and the LM frozen), then memory tokens
-    that carry their scene's word tags and two stages that practise reading them (the bridge frozen),
-    the second with the needle's looks on its tag token and cells and the read at every tag word."""
+    that carry their scene's word tags and three stages that practise reading them (the bridge
+    frozen), the second with the needle's looks on its tag token and cells and the read at every tag
+    word, the third through the copy head."""
     return [
         Stage("rare", steps=600, lr=2e-3, batch_size=64, warmup=30, eval_examples=256, tower_dtype="bfloat16"),
         Stage("recall", steps=300, lr=3e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400, warmup=20,
@@ -260,9 +261,10 @@ def tiny() -> Recipe:
 
 
 def tiny_recall() -> Recipe:
-    """``tiny`` and three stages for the needle (measured, not shipped: README, Memory and NIAVH). From the
+    """``tiny`` and four stages for the needle (measured, not shipped: README, Memory and NIAVH). From the
     shipped model's stage-23 weights: ``mmlc train --recipe tiny-recall --out R --from STAGE23_DIR
-    --from-stage 24`` (about 85 minutes: rare 10, recall 44, recall_tagged 29)."""
+    --from-stage 24`` (about 115 minutes: rare 10, recall 44, recall_tagged 29, recall_tagged with the
+    copy head 29)."""
     return Recipe(name="tiny-recall", preset="tiny", stages=[*_tiny_first_stages(), *_word_stages(), *_needle_stages()])
 
 
