@@ -39,27 +39,38 @@ def parse_head(spec: str) -> tuple[int, int]:
     return int(layer), int(head)
 
 
-class LayerInputTap:
-    """Keeps the input (hidden states, rotary cos/sin) of one layer's attention during a forward."""
+class AttentionTap:
+    """Keeps the input (hidden states, rotary cos/sin) of the attention of the given layers during a
+    forward: ``with AttentionTap(lm, [2, 3]) as tap: ...; tap.inputs[2]``. With ``final``, also the
+    residual stream before the last norm (``tap.final``). Used by the copy head and by the look loss
+    (:mod:`mmlc.train.look`)."""
 
-    def __init__(self, lm, layer: int):
-        self.attn = lm.get_decoder().layers[layer].self_attn
-        self.hidden: torch.Tensor | None = None
-        self.rotary: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._handle = None
+    def __init__(self, lm, layers: list[int], final: bool = False):
+        self.layers = lm.get_decoder().layers
+        self.norm = lm.get_decoder().norm
+        self.wanted = sorted(set(layers))
+        self.inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.final: torch.Tensor | None = None
+        self._final = final and bool(self.wanted)
+        self._handles = []
 
-    def __enter__(self) -> "LayerInputTap":
-        def keep(module, args, kwargs):
-            self.hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            self.rotary = kwargs["position_embeddings"]
-        self._handle = self.attn.register_forward_pre_hook(keep, with_kwargs=True)
+    def __enter__(self) -> "AttentionTap":
+        for i in self.wanted:
+            def keep(module, args, kwargs, i=i):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                self.inputs[i] = (hidden, kwargs["position_embeddings"])
+            self._handles.append(self.layers[i].self_attn.register_forward_pre_hook(keep, with_kwargs=True))
+        if self._final:
+            self._handles.append(self.norm.register_forward_pre_hook(lambda m, args: setattr(self, "final", args[0])))
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
 
-def _project(attn, hidden: torch.Tensor, which: str, head: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def head_projection(attn, hidden: torch.Tensor, which: str, head: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """One head's rotated queries or keys (B, L, d) from the layer's input ``hidden`` (B, L, D)."""
     d = attn.head_dim
     proj = attn.q_proj if which == "q" else attn.k_proj
@@ -70,22 +81,22 @@ def _project(attn, hidden: torch.Tensor, which: str, head: int, cos: torch.Tenso
     return x * cos + rotate_half(x) * sin
 
 
-def copy_logits(lm, tap: LayerInputTap, head: int, words: torch.Tensor, keep: int, cache=None,
-                attention_mask: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
+def copy_logits(lm, tap: AttentionTap, layer: int, head: int, words: torch.Tensor, keep: int, cache=None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """What the copy adds (before ``copy_scale`` and ``M``): (B, Lq, Vw) at the last ``keep`` positions
     of the forward ``tap`` watched (all when 0). ``words`` (B, Lk, Vw) are the tag words of every key
     (cached ones first). Keys come from ``cache``'s layer ``layer`` when given (the same rotated keys
     the forward wrote there), else from the tapped input."""
-    attn, hidden = tap.attn, tap.hidden
-    cos, sin = tap.rotary
+    attn = lm.get_decoder().layers[layer].self_attn
+    hidden, (cos, sin) = tap.inputs[layer]
     n_new = hidden.shape[1]
     keep = n_new if keep in (0, None) else min(int(keep), n_new)
     cos, sin = (t.expand(hidden.shape[0], -1, -1) for t in (cos, sin))
-    q = _project(attn, hidden[:, -keep:], "q", head, cos[:, -keep:], sin[:, -keep:]).float()   # (B, Lq, d)
+    q = head_projection(attn, hidden[:, -keep:], "q", head, cos[:, -keep:], sin[:, -keep:]).float()   # (B, Lq, d)
     if cache is not None:
         k = cache.layers[layer].keys[:, head // attn.num_key_value_groups].float()              # (B, Lk, d)
     else:
-        k = _project(attn, hidden, "k", head, cos, sin).float()
+        k = head_projection(attn, hidden, "k", head, cos, sin).float()
     lk = k.shape[1]
     scores = (q @ k.transpose(1, 2)) * attn.scaling                                            # (B, Lq, Lk)
     qpos = torch.arange(lk - keep, lk, device=q.device)
@@ -106,15 +117,11 @@ def word_to_vocab(reader, tokenizer, vocab_size: int) -> torch.Tensor:
     a word that starts with a vowel, the article it takes ("an", " an"): "an orange cross." is decided
     one token before " orange", where only the copy knows the colour (an LM that reads colours from tags
     alone picks "a" by its prior and then a colour that fits "a")."""
-    def first(text: str) -> int:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > 1 and tokenizer.decode(ids[:1]) == " ":
-            ids = ids[1:]
-        return int(ids[0])
+    from mmlc.models.reader import first_token
 
     m = torch.zeros(len(reader.vocabulary), vocab_size)
     for i, (_, w) in enumerate(reader.vocabulary):
         forms = [w, " " + w] + (["an", " an"] if w[:1].lower() in VOWELS else [])
         for form in forms:
-            m[i, first(form)] = 1.0
+            m[i, first_token(tokenizer, form)] = 1.0
     return m

@@ -26,6 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def first_token(tokenizer, text: str) -> int:
+    """The first token of ``text``, a lone leading space token skipped (" large" -> " " + "large")."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) > 1 and tokenizer.decode(ids[:1]) == " ":
+        ids = ids[1:]
+    return int(ids[0])
+
+
 class RareHead(nn.Module):
     """A detector for shapes rare in the data (``frames.rare``: the needle's): per grid token, logits over
     [none, rare shapes...] and the colour and size of a rare object there.
@@ -114,12 +122,7 @@ class CellReader(nn.Module):
         """The token id each word is tagged with: the question's form for shapes (" square"), the
         answer's first token for colours, sizes and rooms ("red" as in "red.")."""
         if self._ids is None:
-            def first(text: str) -> int:
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                if len(ids) > 1 and tokenizer.decode(ids[:1]) == " ":  # " large" -> " " + "large"
-                    ids = ids[1:]
-                return int(ids[0])
-            self._ids = {k: torch.tensor([first((" " if k == "shapes" else "") + w) for w in v])
+            self._ids = {k: torch.tensor([first_token(tokenizer, (" " if k == "shapes" else "") + w) for w in v])
                          for k, v in self.words.items()}
         return self._ids
 

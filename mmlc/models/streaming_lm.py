@@ -265,7 +265,7 @@ class StreamingLM(nn.Module):
                    logits_to_keep=logits_to_keep, attention_mask=attention_mask)
         if self.config.frames.copy_head is None:
             return self.lm(**run)
-        from mmlc.models.copy import LayerInputTap, copy_logits, parse_head
+        from mmlc.models.copy import AttentionTap, copy_logits, parse_head
 
         layer, head = parse_head(self.config.frames.copy_head)
         words = self._position_words(input_ids, frame_words, memory_words)
@@ -275,16 +275,21 @@ class StreamingLM(nn.Module):
                 raise ValueError(f"the cache holds {cache.get_seq_length()} tokens but tag words for "
                                  f"{before.shape[1]}: cut it with mmlc.streaming.kv.drop_tokens / crop_tokens")
             words = words if before is None else torch.cat([before, words], 1)
-        with LayerInputTap(self.lm, layer) as tap:
+        with AttentionTap(self.lm, [layer]) as tap:
             out = self.lm(**run)
         if cache is not None:
             cache.copy_words = words
         keep = out.logits.shape[1]
-        copied = copy_logits(self.lm, tap, head, words, keep, cache=cache, attention_mask=attention_mask, layer=layer)
-        text = ~((input_ids == self.layout.frame_id) | (input_ids == self.layout.memory_id))[:, -keep:]
-        added = (copied @ self._copy_matrix().to(copied.device)) * (self.config.frames.copy_scale * text[..., None])
-        out.logits = out.logits + added.to(out.logits.dtype)
+        copied = copy_logits(self.lm, tap, layer, head, words, keep, cache=cache, attention_mask=attention_mask)
+        out.logits = out.logits + self.copy_into_logits(copied, input_ids[:, -keep:]).to(out.logits.dtype)
         return out
+
+    def copy_into_logits(self, copied: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """What the copy head adds to the logits (..., V) from its copied tag words (..., Vw) at positions
+        whose input tokens are ``input_ids`` (...): the words on their token forms (:func:`word_to_vocab`),
+        times ``copy_scale``, at text positions only (frame and memory placeholders get nothing)."""
+        text = ~((input_ids == self.layout.frame_id) | (input_ids == self.layout.memory_id))
+        return (copied @ self._copy_matrix().to(copied.device)) * (self.config.frames.copy_scale * text[..., None])
 
     def _position_words(self, input_ids: torch.Tensor, frame_words, memory_words) -> torch.Tensor:
         """(B, L, Vw): each position's tag words, frame and memory placeholders filled in order."""

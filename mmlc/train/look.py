@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.models.llama.modeling_llama import rotate_half
 
 from mmlc.errors import ConfigError
+from mmlc.models.copy import AttentionTap, head_projection  # noqa: F401  AttentionTap: re-exported for the look loss' users
 
 
 KINDS = ("answer", "name", "obj", "via", "read", "readall")
@@ -90,53 +90,13 @@ def look_targets(looks: list, width: int, pooled: bool, kind: str = "answer") ->
     return queries, torch.stack(rows) if rows else torch.zeros((0, width), dtype=torch.bool)
 
 
-class AttentionTap:
-    """Keeps the input (hidden states, rotary cos/sin) of the attention of the given layers during a
-    forward: ``with AttentionTap(lm, [2, 3]) as tap: ...; tap.inputs[2]``."""
-
-    def __init__(self, lm, layers: list[int], final: bool = False):
-        self.layers = lm.get_decoder().layers
-        self.norm = lm.get_decoder().norm
-        self.wanted = sorted(set(layers))
-        self.inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.final: torch.Tensor | None = None     # with final=True: the residual stream before the last norm
-        self._final = final and bool(self.wanted)
-        self._handles = []
-
-    def __enter__(self) -> "AttentionTap":
-        for i in self.wanted:
-            def keep(module, args, kwargs, i=i):
-                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-                self.inputs[i] = (hidden, kwargs["position_embeddings"])
-            self._handles.append(self.layers[i].self_attn.register_forward_pre_hook(keep, with_kwargs=True))
-        if self._final:
-            self._handles.append(self.norm.register_forward_pre_hook(lambda m, args: setattr(self, "final", args[0])))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding as the Llama layer applies it (its ``rotate_half``), for one head."""
-    return x * cos + rotate_half(x) * sin
-
-
 def head_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head: int,
                    rows: torch.Tensor, queries: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention probabilities (N, L) of head ``head`` of Llama attention module ``attn`` at the query
     positions ``(rows[n], queries[n])``, over the keys of the same row (causal, padding masked)."""
-    d = attn.head_dim
     cos, sin = (t.expand(hidden.shape[0], -1, -1) for t in (cos, sin))   # (1, L, d) when rows share positions
-    kv_head = head // attn.num_key_value_groups
-    wq = attn.q_proj.weight[head * d:(head + 1) * d]
-    wk = attn.k_proj.weight[kv_head * d:(kv_head + 1) * d]
-    bq = None if attn.q_proj.bias is None else attn.q_proj.bias[head * d:(head + 1) * d]
-    bk = None if attn.k_proj.bias is None else attn.k_proj.bias[kv_head * d:(kv_head + 1) * d]
-    q = _rotate(torch.nn.functional.linear(hidden[rows, queries], wq, bq), cos[rows, queries], sin[rows, queries])
-    k = _rotate(torch.nn.functional.linear(hidden, wk, bk), cos, sin)               # (B, L, d)
+    q = head_projection(attn, hidden[rows, queries], "q", head, cos[rows, queries], sin[rows, queries])
+    k = head_projection(attn, hidden, "k", head, cos, sin)                            # (B, L, d)
     length = hidden.shape[1]
     scores = q.new_zeros((len(rows), length))
     for b in rows.unique().tolist():   # per batch row: no (N, L, d) copy of the keys

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from mmlc.data import shapeworld as sw
 from mmlc.data.tokenizer import train_tokenizer
 from mmlc.errors import ConfigError, MmlcError
+from mmlc.models.copy import parse_head
 from mmlc.models.layout import DECISION, IGNORE, TEXT
 from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
@@ -219,7 +220,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     embeds = model.embed(batch["input_ids"], tokens, memory, batch.get("tags"))
     looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
     copying = model.config.frames.copy_head is not None and not train_vision
-    copy_layer = int(model.config.frames.copy_head.split(".")[0]) if copying else None
+    copy_layer = parse_head(model.config.frames.copy_head)[0] if copying else None
     with AttentionTap(model.lm, ([layer for _, layer, _ in look_heads] if looking else []) + ([copy_layer] if copying else []),
                       final=looking and any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap:
         hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
@@ -240,9 +241,9 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
 
 def _copy_added(model, tap: AttentionTap, batch: dict, keep: torch.Tensor, frame_words, memory_words) -> torch.Tensor:
     """What the copy head adds to the logits at the ``keep`` positions (N_keep, V), in their order: its
-    attention (:func:`mmlc.train.look.head_attention`) over the tag words of every position, at text
-    positions only, as :meth:`StreamingLM.forward` adds it."""
-    layer, head = (int(x) for x in model.config.frames.copy_head.split("."))
+    attention (:func:`mmlc.train.look.head_attention`) over the tag words of every position, as
+    :meth:`StreamingLM.forward` adds it (:meth:`StreamingLM.copy_into_logits`)."""
+    layer, head = parse_head(model.config.frames.copy_head)
     ids = batch["input_ids"]
     words = model._position_words(ids, frame_words, memory_words)               # (B, L, Vw)
     rows, queries = keep.nonzero(as_tuple=True)
@@ -253,8 +254,7 @@ def _copy_added(model, tap: AttentionTap, batch: dict, keep: torch.Tensor, frame
     for b in rows.unique().tolist():
         sel = rows == b
         copied[sel] = p[sel] @ words[b]
-    text = ~((ids == model.layout.frame_id) | (ids == model.layout.memory_id))[rows, queries]
-    return (copied @ model._copy_matrix().to(copied.device)) * (model.config.frames.copy_scale * text[:, None])
+    return model.copy_into_logits(copied, ids[rows, queries])
 
 
 def _features(model, pixels: torch.Tensor, image_rows: torch.Tensor | None):
@@ -802,7 +802,7 @@ def set_copy_head(model, head: str, scale: float | None = None) -> bool:
     if scale is not None:
         data["frames"]["copy_scale"] = scale
     checked = MmlcConfig.from_dict(data).frames     # raises ConfigError naming the field
-    layer, h = (int(x) for x in head.split("."))
+    layer, h = parse_head(head)
     lm = model.lm.config
     if not (layer < lm.num_hidden_layers and h < lm.num_attention_heads):
         raise ConfigError(f"copy_head={head!r}: this LM has {lm.num_hidden_layers} layers of "
