@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import DynamicCache
 
 from mmlc.config import MmlcConfig
 from mmlc.errors import ConfigError
 from mmlc.models.copy import word_to_vocab
 from mmlc.models.layout import Frame, Memory
 from mmlc.models.memory import MemoryState
-from mmlc.streaming.kv import crop_tokens, drop_tokens, growing_cache
+from mmlc.streaming.kv import append_words, crop_tokens, drop_tokens, growing_cache
 from mmlc.train.look import AttentionTap, head_attention
 
 
@@ -113,6 +114,28 @@ def test_session_copy_equals_a_fresh_forward_over_the_compacted_sequence(tiny_wi
     torch.testing.assert_close(got, out.logits[0, -1], atol=2e-4, rtol=1e-4)
 
 
+def test_chat_images_carry_their_tag_words(tiny_with):
+    """A chat turn with images gives the copy their tag words, as training does (lm_step projects chat
+    images with words): after ``send``, the cache holds them at the image positions, and the next turn's
+    logits equal a fresh forward over the same ids with them (and differ from one without them)."""
+    from mmlc.streaming.chat import ChatSession, turn_parts
+
+    model = _copy_model(tiny_with)
+    images = _frames(2, seed=5)
+    s = ChatSession(model, keep_history=True, max_reply_tokens=3)
+    s.send("what colour is the circle?", images=images)
+    with torch.inference_mode():
+        tokens, words = model.image_embeddings(torch.cat([model.preprocess([f]) for f in images]), words=True)
+        got = s._forward(model.layout.user_turn(turn_parts("and the square?", 0)))
+        ids, tags = torch.tensor([s.history_ids]), torch.tensor([s.history_tags])
+        fresh = model(ids, frame_tokens=tokens, frame_words=words, tags=tags).logits[0, -1]
+        blind = model(ids, frame_tokens=tokens, tags=tags).logits[0, -1]
+    at = ids[0] == model.layout.frame_id
+    torch.testing.assert_close(s.cache.copy_words[0, at], words.reshape(-1, words.shape[-1]))
+    torch.testing.assert_close(got, fresh, atol=2e-4, rtol=1e-4)
+    assert (got - blind).abs().max() > 1e-3
+
+
 def test_tag_words_follow_the_cache_when_it_is_cut(tiny_with):
     model = _copy_model(tiny_with)
     cache = growing_cache(model.lm.config)
@@ -128,6 +151,28 @@ def test_tag_words_follow_the_cache_when_it_is_cut(tiny_with):
     crop_tokens(cache, 4)
     assert cache.get_seq_length() == 4 and cache.copy_words.shape[1] == 4
     torch.testing.assert_close(cache.copy_words, torch.cat([full[:, :2], full[:, 5:7]], 1))
+
+
+def test_tag_words_grow_in_place_and_survive_cuts():
+    """Many appends, a drop and a crop give the words a plain concatenation gives, and appends
+    within capacity write into the same buffer (no copy of the cache's words per frame)."""
+    cache, ref = DynamicCache(), torch.zeros(1, 0, 5)
+    gen = torch.Generator().manual_seed(0)
+    ptrs = set()
+    for step in range(60):
+        new = torch.rand(1, 7, 5, generator=gen)
+        append_words(cache, new)
+        ref = torch.cat([ref, new], 1)
+        ptrs.add(cache.copy_words.data_ptr())
+        if step == 20:
+            drop_tokens(cache, 30, 50)
+            ref = torch.cat([ref[:, :30], ref[:, 50:]], 1)
+        if step == 30:
+            keep = ref.shape[1] - 9           # what crop_tokens does to the words
+            cache.copy_words = cache.copy_words[:, :keep]
+            ref = ref[:, :keep]
+        torch.testing.assert_close(cache.copy_words, ref)
+    assert len(ptrs) == 2                     # 256 rows, then one doubling past 256 (391 at the end)
 
 
 def test_bad_copy_configs_are_refused(tiny_with):

@@ -164,9 +164,11 @@ class StreamingLM(nn.Module):
         table = self.lm.get_input_embeddings().weight
         return tag_words @ self.reader.vocabulary_embeddings(table, self.tokenizer).float()
 
-    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels of still chat images (N, C, S, S) -> their tokens at the LM width (N, T_image, D)."""
-        return self.project(self.frame_features(*self.vision_maps(pixels), grid=self.config.frames.chat_grid))
+    def image_embeddings(self, pixels: torch.Tensor, words: bool = False):
+        """Pixels of still chat images (N, C, S, S) -> their tokens at the LM width (N, T_image, D); with
+        ``words``, (tokens, tag words) as :meth:`project` gives them."""
+        feats = self.frame_features(*self.vision_maps(pixels), grid=self.config.frames.chat_grid)
+        return self.project(feats, words=words)
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (N, C, S, S) -> frame features at the vision width (N, T, Dv).
@@ -274,11 +276,12 @@ class StreamingLM(nn.Module):
             if before is not None and before.shape[1] != cache.get_seq_length():
                 raise ValueError(f"the cache holds {cache.get_seq_length()} tokens but tag words for "
                                  f"{before.shape[1]}: cut it with mmlc.streaming.kv.drop_tokens / crop_tokens")
-            words = words if before is None else torch.cat([before, words], 1)
         with AttentionTap(self.lm, [layer]) as tap:
             out = self.lm(**run)
         if cache is not None:
-            cache.copy_words = words
+            from mmlc.streaming.kv import append_words
+
+            words = append_words(cache, words)
         keep = out.logits.shape[1]
         copied = copy_logits(self.lm, tap, layer, head, words, keep, cache=cache, attention_mask=attention_mask)
         out.logits = out.logits + self.copy_into_logits(copied, input_ids[:, -keep:]).to(out.logits.dtype)

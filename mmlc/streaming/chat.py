@@ -92,10 +92,10 @@ class ChatSession(CachedDecoder):
         images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
         names = _image_names(images)
         parts = turn_parts(text, len(images), self.images_seen, where=f"turn {len(self.turns) + 1}")
-        tokens = self._encode_images(images) if images else None
+        tokens, words = self._encode_images(images) if images else (None, None)
         chunk = self.layout.user_turn(parts)
         start = time.perf_counter()
-        logits = self._forward(chunk, tokens)
+        logits = self._forward(chunk, tokens, words)
         reply = self._generate(logits, start, "answer", float(len(self.turns)))
         self.turns.append(ChatTurn(user=text, reply=reply, images=len(images), image_names=names))
         self.images_seen += len(images)
@@ -109,8 +109,8 @@ class ChatSession(CachedDecoder):
         images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
         lay = self.layout
         parts = turn_parts(text, len(images), self.images_seen, where=f"turn {len(self.turns) + 1}")
-        tokens = self._encode_images(images) if images else None
-        self._forward(lay.user_turn(parts), tokens)
+        tokens, words = self._encode_images(images) if images else (None, None)
+        self._forward(lay.user_turn(parts), tokens, words)
         vocab = self.model.lm.get_input_embeddings().weight.shape[0]
         valid = isinstance(reply_ids, list) and all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in reply_ids)
@@ -121,8 +121,9 @@ class ChatSession(CachedDecoder):
         self.images_seen += len(images)
 
     @torch.inference_mode()
-    def _encode_images(self, images: list) -> torch.Tensor:
-        """Images -> image tokens (N, T_image, D); each image is its own previous frame."""
+    def _encode_images(self, images: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images -> image tokens (N, T_image, D) and, for a model with a copy head, their tag words
+        (N, T_image, Vw; else None), as training gives them; each image is its own previous frame."""
         from mmlc.streaming.images import load_image
 
         rgb = []
@@ -132,7 +133,9 @@ class ChatSession(CachedDecoder):
             except SourceError as err:
                 raise SourceError(f"image {self.images_seen + k + 1} of turn {len(self.turns) + 1}: {err}") from None
         pixels = torch.cat([self.model.preprocess([f]) for f in rgb], dim=0)   # one at a time: no motion
-        return self.model.image_embeddings(pixels)
+        if self.model.copy_head is None:
+            return self.model.image_embeddings(pixels), None
+        return self.model.image_embeddings(pixels, words=True)
 
 
 def _image_names(images: list) -> list[str]:

@@ -85,11 +85,39 @@ class GrowingLayer(DynamicLayer):
         return self._k.shape[-2] if self.is_initialized else 0
 
 
+def append_words(cache: DynamicCache, words: torch.Tensor) -> torch.Tensor:
+    """Append the tag words (B, n, Vw) of ``n`` new tokens to ``cache.copy_words`` (the copy head's,
+    :mod:`mmlc.models.copy`) and return all of them (B, L, Vw). As :class:`GrowingLayer` does for keys
+    and values, the words live in a buffer with spare capacity (``cache.copy_buffer``) and
+    ``copy_words`` is a view of its filled part, so a frame costs O(its tokens), not a copy of the
+    whole cache's words."""
+    before = getattr(cache, "copy_words", None)
+    n0 = 0 if before is None else before.shape[1]
+    end = n0 + words.shape[1]
+    buf = getattr(cache, "copy_buffer", None)
+    if (buf is None or before is None or buf.shape[1] < end or buf.shape[0] != words.shape[0]
+            or buf.dtype != words.dtype or buf.device != words.device or before.data_ptr() != buf.data_ptr()):
+        grown = words.new_empty(words.shape[0], max(MIN_CAPACITY, 2 * end), words.shape[2])
+        if n0:
+            grown[:, :n0] = before
+        buf = grown
+    buf[:, n0:end] = words
+    cache.copy_buffer, cache.copy_words = buf, buf[:, :end]
+    return cache.copy_words
+
+
 def drop_tokens(cache: DynamicCache, start: int, end: int) -> None:
     """Remove tokens ``[start, end)`` from every layer of ``cache`` (growing or transformers' dynamic),
     and from the tag words the copy head keeps on it (``cache.copy_words``, :mod:`mmlc.models.copy`)."""
     words = getattr(cache, "copy_words", None)
-    if words is not None:
+    buf = getattr(cache, "copy_buffer", None)
+    if words is not None and buf is not None and words.data_ptr() == buf.data_ptr() and end > start:
+        n, end = words.shape[1], min(end, words.shape[1])
+        tail = n - end
+        if tail > 0:
+            buf[:, start:start + tail] = buf[:, end:n].clone()
+        cache.copy_words = buf[:, :start + max(tail, 0)]
+    elif words is not None:
         cache.copy_words = torch.cat([words[:, :start], words[:, end:]], dim=1)
     for layer in cache.layers:
         if isinstance(layer, GrowingLayer):
