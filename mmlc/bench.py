@@ -19,6 +19,9 @@ What is measured (one process, one model, one synthetic video written to a tempo
   - ``no_memory``: the stream without the memory bridge (``model.stream(memory=False)``: the KV cache
     keeps every frame and grows with the stream). For a model without a bridge the stream above *is*
     this baseline; the entry says so rather than invent a number.
+  - ``no_copy``: for a model with a copy head (``frames.copy_head``, :mod:`mmlc.models.copy`), the same
+    stream with the copy switched off (the head's attention over every cached token's tag words is
+    what it adds per frame). Not a default baseline; a model without a copy head says so.
   Ratios (stream fps / baseline fps) are the headline.
 - **bound** (GPU): reading every weight once per frame at the device's memory bandwidth sets a floor
   on per-frame time for a model too large for cache; ``weight_read_bound_fps`` reports that ceiling
@@ -48,7 +51,7 @@ from mmlc.errors import ConfigError
 # HBM bandwidth in GB/s of common accelerators, for the weight-read bound (vendor datasheets).
 BANDWIDTH_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L40S": 864.0, "A10": 600.0, "L4": 300.0,
                  "RTX 4090": 1008.0, "RTX 3090": 936.0, "V100": 900.0, "T4": 320.0}
-BASELINES = ("interleaved", "per_frame", "dynamic_cache", "no_memory")
+BASELINES = ("interleaved", "per_frame", "dynamic_cache", "no_memory", "no_copy")
 QUESTIONS = ("what is happening?", "what colour is the square?", "how many objects are there?")
 
 
@@ -345,6 +348,24 @@ def run_bench(model, *, minutes: float = 10.0, fps: float = 2.0, reply_every: fl
                 "note": "transformers' DynamicCache (torch.cat per forward) instead of the growing cache"}
             log(f"dynamic cache: {dc['fps']} frames/s -> stream is {report_baselines['dynamic_cache']['speedup']}x")
             del s3
+        if "no_copy" in baselines and model.copy_head is None:
+            report_baselines["no_copy"] = {"fps": None, "speedup": None,
+                                           "note": "this model has no copy head: the stream above runs without one"}
+        elif "no_copy" in baselines:
+            head, model.config.frames.copy_head = model.config.frames.copy_head, None
+            try:
+                s5, wall5, _ = run_stream(model, video, fps, reply_every=reply_every, reply_tokens=reply_tokens,
+                                          batch_frames=batch_frames, keep_history=False, progress=progress,
+                                          desc="no copy", max_frames=n_base)
+            finally:
+                model.config.frames.copy_head = head
+            nc = _stream_summary(s5, wall5)
+            report_baselines["no_copy"] = {
+                "minutes": round(n_base / fps / 60, 3), "fps": nc["fps"], "frame_latency_ms": nc["frame_latency_ms"],
+                "speedup": round(main["fps"] / nc["fps"], 2) if nc["fps"] else None,
+                "note": f"the copy head ({head}) switched off; speedup < 1 is what the copy costs"}
+            log(f"no copy: {nc['fps']} frames/s -> stream is {report_baselines['no_copy']['speedup']}x")
+            del s5
     dev_name, bandwidth = device_bandwidth_gbs(device)
     wbytes = weight_bytes(model)
     bound = None

@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reply-every", type=float, default=30.0, help="ask a question every N seconds (0: never)")
     p.add_argument("--reply-tokens", type=int, default=16, help="tokens per answer (fixed, for a fixed load)")
     p.add_argument("--baselines", default="interleaved,per_frame,dynamic_cache,no_memory",
-                   help="comma list of interleaved, per_frame, dynamic_cache, no_memory; or none")
+                   help="comma list of interleaved, per_frame, dynamic_cache, no_memory, no_copy (a model "
+                        "with a copy head, without it); or none")
     p.add_argument("--baseline-minutes", type=float, default=None,
                    help="measure baselines over the first N minutes only (default: the whole stream)")
     p.add_argument("--samples", type=int, default=8, help="stream positions sampled for the interleaved baseline")

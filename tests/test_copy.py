@@ -175,6 +175,20 @@ def test_tag_words_grow_in_place_and_survive_cuts():
     assert len(ptrs) == 2                     # 256 rows, then one doubling past 256 (391 at the end)
 
 
+def test_bench_measures_the_stream_without_the_copy(tiny_with, tiny_model):
+    """``mmlc bench --baselines no_copy``: the same stream with the copy off, and the head back after."""
+    from mmlc.bench import run_bench
+
+    model = _copy_model(tiny_with)
+    report = run_bench(model, minutes=0.1, reply_every=4, reply_tokens=2, size=32, baselines=("no_copy",),
+                       progress=False, log=lambda *a: None)
+    nc = report["baselines"]["no_copy"]
+    assert nc["fps"] > 0 and nc["speedup"] > 0 and model.copy_head == "1.0"
+    plain = run_bench(tiny_model, minutes=0.05, reply_every=0, size=32, baselines=("no_copy",), progress=False,
+                      log=lambda *a: None)
+    assert plain["baselines"]["no_copy"]["fps"] is None and "no copy head" in plain["baselines"]["no_copy"]["note"]
+
+
 def test_bad_copy_configs_are_refused(tiny_with):
     model = _copy_model(tiny_with)
     data = model.config.to_dict()
