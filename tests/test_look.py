@@ -283,22 +283,17 @@ def test_tagged_needle_looks_name_the_tag_token_and_the_needles_cells(tiny_with)
     needle = {"frame_start": 4, "frame_end": 7, "shape": "diamond", "colour": "yellow", "size": "large",
               "x": 20.0, "y": 40.0}
     assert ex._needle_look(needle, [(0, 10)], 10, 12) == [(("memory", 0), None)]
-    ex._NEEDLE_TAG_TOKEN["on"] = True
-    try:
+    with ex.tagged_needle_looks():
         look = ex._needle_look(needle, [(0, 5)], 5, 9)
-    finally:
-        ex._NEEDLE_TAG_TOKEN["on"] = False
+    assert ex._needle_look(needle, [(0, 5)], 5, 9) == [(("memory", 0), None), (0, None), (1, None)]
     shapes = rd.world_words()["shapes"]
     box = sw.object_box(needle, sw.WorldConfig().size)
     assert look == [(("memory", 0), ("token", 1 + shapes.index("diamond"))), (0, box), (1, box)]
 
     model = tiny_with()
     rd.enable_reader(model)
-    ex._NEEDLE_TAG_TOKEN["on"] = True
-    try:
+    with ex.tagged_needle_looks():
         e = ex.needle_frames_example(np.random.default_rng(4))
-    finally:
-        ex._NEEDLE_TAG_TOKEN["on"] = False
     batch = trainer.collate(model, [e], look_kinds=["read", "readall"])
     tok = model.tokenizer
     first = lambda text: tok(text, add_special_tokens=False)["input_ids"][0]   # noqa: E731
@@ -311,3 +306,15 @@ def test_tagged_needle_looks_name_the_tag_token_and_the_needles_cells(tiny_with)
     assert spaced[first(f" {colour}")] >= {first(f" {c}") for c in colours}
     plain = trainer._read_candidates(model)
     assert set(plain) < set(spaced) and all(plain[k] <= spaced[k] for k in plain)
+
+
+def test_settle_needle_questions_look_at_the_tag_and_narration_is_back():
+    """The ``settle`` mix (stage 28): its needle questions look at the tag token / cells (built inside
+    tagged_needle_looks), the switch is off again after each build, and about a third are stream crops."""
+    rng = np.random.default_rng(7)
+    built = [ex.settle_example(rng) for _ in range(60)]
+    looks = [q.look for e in built for q in e.items
+             if isinstance(q, ex.Question) and q.text == sw.NEEDLE_QUESTION and q.look]
+    assert looks and all(target is not None for look in looks for _, target in look)
+    assert not ex._TAGGED_NEEDLE_LOOKS.get()
+    assert 0.15 < np.mean([e.meta.get("stage") == "stream" for e in built]) < 0.5

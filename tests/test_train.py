@@ -53,7 +53,7 @@ def test_examples_are_valid_timelines(tiny_model):
                 isinstance(part, int) for i in e.items if isinstance(i, Turn) for part in i.parts)
             assert n_frames == len(e.frames) - e.frame_offset >= 1
             n_memory = sum(isinstance(i, ex.Memory) for i in e.items)
-            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues", "look", "needle", "words", "recall", "recall_tagged")
+            assert n_memory == len(e.memory_spans) and (name in ("memory", "memalign", "long", "refresh", "final", "tags", "grid", "dialogues", "look", "needle", "words", "recall", "recall_tagged", "settle")
                                                   or n_memory == 0)
             if n_memory:
                 continue   # tiny_model has no bridge; tests/test_memory_stream.py builds these

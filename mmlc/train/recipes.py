@@ -249,6 +249,10 @@ def _needle_stages() -> list[Stage]:
         Stage("recall_tagged", steps=150, lr=2e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400,
               warmup=10, eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True,
               look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "readall:3.2"], read_weight=5.0, copy_head="3.2"),
+        # narration back at its earlier share, still through the copy (settle_example)
+        Stage("settle", steps=120, lr=1e-4, batch_size=12, max_batch_tokens=10240, max_batch_frames=2400,
+              warmup=10, eval_examples=16, tower_dtype="bfloat16", look_weight=0.3, stream_hops=True,
+              look_heads=["name:0.1", "obj:1.0", "via:2.1", "3.2", "readall:3.2"], read_weight=5.0, copy_head="3.2"),
     ]
 
 
