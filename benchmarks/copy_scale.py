@@ -7,7 +7,8 @@ The logits are those of evaluation and sessions (``lm_step(full_logits=True)``).
 
     python benchmarks/copy_scale.py MODEL [N] [HEAD] [SCALES]
 
-Recipe tiny-recall after stage 26 (README, Memory and NIAVH; ``MODEL 20 3.2 0,2,4,8``, head 3.2),
+Recipe tiny after stage 26 (then recipe tiny-recall; README, Memory and NIAVH; ``MODEL 20 3.2
+0,2,4,8``, head 3.2),
 article / colour / shape:
 
     needle in memory (19 examples)   scale 0: 1.00 / 0.16 / 0.47   scale 2, 4, 8: 1.00 / 0.84 / 1.00

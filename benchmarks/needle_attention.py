@@ -8,7 +8,8 @@ the needle (the block whose scene the reader sees the shape in most surely).
 
     python benchmarks/needle_attention.py MODEL [N]
 
-Recipe tiny-recall (README, Memory and NIAVH; 21 examples of 25): head 3.2 after stage 25, memory
+Recipe tiny's needle stages (then recipe tiny-recall; README, Memory and NIAVH; 21 examples of 25):
+head 3.2 after stage 25, memory
 0.990 / tag tokens 0.065 / the needle's 0.021 (spread over the memory); after stage 26 0.996 /
 0.774 / 0.768 (it finds the needle's tag).
 """

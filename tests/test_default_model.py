@@ -74,3 +74,19 @@ def test_scene_events_match_shapeworld_cuts(model):
         r = boundary_f1(pred, cuts, tolerance=1.0)
         tp, n_pred, n_true = tp + r["tp"], n_pred + len(pred), n_true + len(cuts)
     assert n_true >= 2 and tp >= 0.8 * n_true and n_pred - tp <= 0.2 * max(n_true, 1)
+
+
+def test_recalls_a_needle_from_memory(model):
+    """NIAVH on held-out haystacks (not the eval's seeds), the question at the end of 120 s: at depth 10
+    the 1.5 s needle was shown ~12 s in, scenes (at most 32 s) have closed over it since, and only
+    memory blocks hold it; the answer names its colour and shape."""
+    from mmlc.evals.niavh import Cell, ShapeWorldHaystack, exact_match, run_cell
+
+    hay = ShapeWorldHaystack(seed=HELD_OUT + 20)
+    right = []
+    for repeat, depth in enumerate((10.0, 50.0)):
+        inp = hay.cell(Cell(index=repeat, length=120.0, depth=depth, repeat=repeat))
+        out = run_cell(model, inp, 2.0, {})
+        assert out["memories_kept"] >= 1 and "error" not in out
+        right.append(exact_match(out["prediction"], inp.answer))
+    assert all(right), f"needle answers right: {right}"

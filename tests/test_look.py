@@ -64,7 +64,7 @@ def test_stream_questions_take_two_hops_through_their_last_word(tiny_model):
     assert sum(look[2] == "obj" for look in seq.looks) == 1
     # off (Stage.stream_hops, default False: recipe tiny's look stages 15-17 were trained without them),
     # the same timeline keeps only the answer's own looks (and its read positions: the first word, and
-    # every word for the readall kind, which only recipe tiny-recall's last stage trains)
+    # every word for the readall kind, which only the needle stages 26-28 of recipe tiny train)
     plain = lay.build([Frame(0), Frame(1), Question("what colour is the circle?", "red.", look=[(1, box)])],
                       stream_hops=False)
     assert [look[2] for look in plain.looks] == ["answer", "read", "readall"]
@@ -318,3 +318,17 @@ def test_settle_needle_questions_look_at_the_tag_and_narration_is_back():
     assert looks and all(target is not None for look in looks for _, target in look)
     assert not ex._TAGGED_NEEDLE_LOOKS.get()
     assert 0.15 < np.mean([e.meta.get("stage") == "stream" for e in built]) < 0.5
+
+
+def test_previous_scene_looks_name_the_token_that_holds_the_answer():
+    """Inside tagged_needle_looks(previous_scene=True) a question about the previous scene looks at the
+    last memory block's room token (0) or the named shape's token (1 + its index); outside, at the block."""
+    closed = [(0, 10), (10, 20), (20, 30)]
+    room, shape = "what colour was the room before?", "what colour was the star in the previous scene?"
+    assert ex._previous_scene_look(closed, 20, shape) == [(("memory", 1), None)]
+    with ex.tagged_needle_looks(previous_scene=True):
+        assert ex._previous_scene_look(closed, 20, room) == [(("memory", 1), ("token", 0))]
+        assert ex._previous_scene_look(closed, 30, shape) == [(("memory", 2), ("token", 1 + sw.SHAPES.index("star")))]
+        assert ex._previous_scene_look(closed, 25, room) == []
+    with ex.tagged_needle_looks():
+        assert ex._previous_scene_look(closed, 20, room) == [(("memory", 1), None)]

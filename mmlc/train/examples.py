@@ -238,10 +238,11 @@ def _memory_qa(ep: sw.Episode, truth: dict, f: int, closed: list[tuple[int, int]
     if scene >= 1:
         scene_start = int(truth["scenes"][scene]["start_frame"])
         previous = ep.states[scene_start - 1]
-        look = _previous_scene_look(closed, scene_start)
-        asked.append(("what colour was the room before?", f"{previous['room']}.", look))
-        asked += [(f"what colour was the {o['shape']} in the previous scene?", f"{o['colour']}.", look)
-                  for o in previous["objects"]]
+        room = "what colour was the room before?"
+        asked.append((room, f"{previous['room']}.", _previous_scene_look(closed, scene_start, room)))
+        for o in previous["objects"]:
+            q = f"what colour was the {o['shape']} in the previous scene?"
+            asked.append((q, f"{o['colour']}.", _previous_scene_look(closed, scene_start, q)))
     return asked
 
 
@@ -250,16 +251,22 @@ def _memory_qa(ep: sw.Episode, truth: dict, f: int, closed: list[tuple[int, int]
 # the needle's cells; outside, a needle question looks at the whole memory block or frame. A context
 # variable rather than an argument: the needle builders sit two or three calls below the stage mixes.
 _TAGGED_NEEDLE_LOOKS: contextvars.ContextVar[bool] = contextvars.ContextVar("tagged_needle_looks", default=False)
+_TAGGED_SCENE_LOOKS: contextvars.ContextVar[bool] = contextvars.ContextVar("tagged_scene_looks", default=False)
 
 
 @contextlib.contextmanager
-def tagged_needle_looks():
-    """Needle questions built inside look at the needle's tag token and cells (stages 26-28)."""
-    token = _TAGGED_NEEDLE_LOOKS.set(True)
+def tagged_needle_looks(previous_scene: bool = False):
+    """Needle questions built inside look at the needle's tag token and cells (stages 26-28); with
+    ``previous_scene``, questions about the previous scene look at its last memory block's token that
+    carries the answer (the room's, token 0; a shape's, token 1 + its index). Tried in ``settle`` (120
+    steps from stage 27): earlier-scene QA on the second held-out set 1/14 against 2/14 without, so no
+    recipe stage uses it yet."""
+    tokens = _TAGGED_NEEDLE_LOOKS.set(True), _TAGGED_SCENE_LOOKS.set(previous_scene)
     try:
         yield
     finally:
-        _TAGGED_NEEDLE_LOOKS.reset(token)
+        _TAGGED_NEEDLE_LOOKS.reset(tokens[0])
+        _TAGGED_SCENE_LOOKS.reset(tokens[1])
 
 
 def _needle_look(needle: dict, closed: list[tuple[int, int]], start: int | None = None, stop: int = 0) -> list:
@@ -283,7 +290,7 @@ def recall_tagged_example(rng: np.random.Generator) -> Example:
 
 
 def settle_example(rng: np.random.Generator) -> Example:
-    """The ``settle`` stage after the copy head's (recipe ``tiny-recall``): the needle practised as in
+    """The ``settle`` stage after the copy head's (stage 28 of ``tiny``): the needle practised as in
     ``recall_tagged`` but narration back at the share it had before the needle stages. Stage 27's mix
     (:func:`recall_example`) has 5% stream crops; after it, narration F1 on the second held-out set was
     0.888 (0.906 before stage 24), and some lost replies ended with a shape word the copy head had
@@ -295,9 +302,15 @@ def settle_example(rng: np.random.Generator) -> Example:
                     dense_dialogue_example)
 
 
-def _previous_scene_look(closed: list[tuple[int, int]], scene_start: int) -> list:
-    """The Memory item of the span that ended the previous scene (none when it is not a memory)."""
-    return [(("memory", j), None) for j, (a, b) in enumerate(closed) if b == scene_start]
+def _previous_scene_look(closed: list[tuple[int, int]], scene_start: int, question: str = "") -> list:
+    """The Memory item of the span that ended the previous scene (none when it is not a memory); inside
+    ``tagged_needle_looks(previous_scene=True)`` its token that carries the answer to ``question``: the
+    shape's (memory token 1 + the shape's index) when the question names one, else the room's (token 0)."""
+    target = None
+    if _TAGGED_SCENE_LOOKS.get():
+        named = [w for w in question.rstrip("?").split() if w in sw.SHAPES]
+        target = ("token", 1 + list(sw.SHAPES).index(named[0]) if named else 0)
+    return [(("memory", j), target) for j, (a, b) in enumerate(closed) if b == scene_start]
 
 
 def _state_qa(ep: sw.Episode, f: int, index: int, rng: np.random.Generator) -> tuple[str, str, list]:
@@ -529,8 +542,8 @@ def _add_memory_questions(rng, ep: sw.Episode, truth: dict, items: list, start: 
                             _needle_look(truth["needles"][0], list(closed), start, f + 1)))
         scene = state["scene"]
         if scene >= 1:
-            options.append((*sw.memory_question(rng, ep.states[room_starts[scene] - 1]),
-                            _previous_scene_look(list(closed), room_starts[scene])))
+            q, a = sw.memory_question(rng, ep.states[room_starts[scene] - 1])
+            options.append((q, a, _previous_scene_look(list(closed), room_starts[scene], q)))
         if not options or rng.random() < 0.2:
             options = [_state_qa(ep, f, int(idx), rng)]
         q, a, look = options[int(rng.integers(len(options)))]
