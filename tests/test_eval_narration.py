@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from mmlc.data.writer import write_shapeworld
 from mmlc.errors import DataError, MmlcError
@@ -40,6 +41,14 @@ def test_eval_on_folder_and_resume(tiny_model, episodes, tmp_path, monkeypatch):
     monkeypatch.setattr(narration, "evaluate_episode", must_not_run)
     again = narration.run_narration_eval(tiny_model, str(episodes), json_out=str(out), progress=False)
     assert again["summary"] == summary
+
+    # ... but not with other weights or settings: their episodes are not mixed in
+    with torch.no_grad():
+        next(tiny_model.lm.parameters()).add_(1e-3)
+    with pytest.raises(MmlcError, match="weights differ.*delete the file"):
+        narration.run_narration_eval(tiny_model, str(episodes), json_out=str(out), progress=False)
+    with pytest.raises(MmlcError, match="threshold, weights differ"):
+        narration.run_narration_eval(tiny_model, str(episodes), json_out=str(out), progress=False, threshold=0.3)
 
 
 def test_teacher_forced_metrics_are_consistent(tiny_model):

@@ -14,7 +14,10 @@ memory from held-out seeds):
 Narration P/R/F1 are micro-averaged (match counts summed over episodes); LM-PPL and
 LM-Correctness pool all reference tokens; TimeDiff and Fluency average over all replies / turns.
 Each finished episode is appended to ``OUT.episodes.jsonl`` at once, so an interrupted run resumes
-where it stopped; the final JSON holds the summary, every episode, and the config.
+where it stopped; the file's first line is the run's key (data, seed, threshold, memory and a digest
+of the weights), and a rerun with another model or setting is refused instead of mixing the two (a
+rerun after retraining once reported the old model's numbers). The final JSON holds the summary,
+every episode, and the config.
 """
 
 from __future__ import annotations
@@ -222,6 +225,27 @@ def resolve_data(data: str, seed: int = EVAL_SEED) -> tuple[list | Iterator, int
     return episodes, len(episodes)
 
 
+def weights_digest(model) -> str:
+    """A short digest of a model's weights (every tensor's shape and ~4k evenly strided values), cheap
+    even for a large model: what a resumed eval checks it continues with the same weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        sample = flat[::max(1, flat.numel() // 4096)].float().cpu().numpy()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(model, data: str, seed: int, threshold: float, memory: bool | None) -> dict:
+    """What an eval's partial results depend on; stored as the first line of ``OUT.episodes.jsonl``."""
+    return {"data": str(data), "seed": int(seed), "threshold": float(threshold),
+            "memory": (model.bridge is not None) if memory is None else bool(memory),
+            "weights": weights_digest(model)}
+
+
 def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: float | None = None,
                        json_out: str | None = None, progress: bool = True, model_name: str = "",
                        memory: bool | None = None) -> dict:
@@ -230,12 +254,20 @@ def run_narration_eval(model, data: str, *, seed: int = EVAL_SEED, threshold: fl
     threshold = model.config.stream.threshold if threshold is None else threshold
     episodes, total = resolve_data(data, seed)
     partial = Path(str(json_out) + ".episodes.jsonl") if json_out else None
+    key = run_key(model, data, seed, threshold, memory)
     done: dict[str, dict] = {}
-    if partial is not None and partial.is_file():
-        for line in partial.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["id"]] = row
+    if partial is not None and partial.is_file() and partial.read_text().strip():
+        rows = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+        if rows[0].get("run") != key:
+            was = rows[0].get("run")
+            differ = sorted(k for k in key if not isinstance(was, dict) or was.get(k) != key[k])
+            raise MmlcError(f"{partial}: holds episodes of another run ({'no run key' if was is None else 'its ' + ', '.join(differ) + ' differ'}); "
+                            "a rerun resumes only with the same model weights, data, seed, threshold and memory: delete "
+                            "the file to start over, or pass another --json")
+        done = {row["id"]: row for row in rows[1:]}
+    elif partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"run": key}) + "\n")
     results = []
     bar = tqdm(total=total, desc="narration eval", disable=not progress, dynamic_ncols=True)
     for episode in episodes:
