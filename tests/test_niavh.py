@@ -261,6 +261,29 @@ def test_rerun_resumes_and_never_recomputes_finished_cells(tmp_path, tiny_model)
         N.run_niavh(_fail_loader, hay, **(kw | {"model_name": "other"}))
 
 
+def test_retrained_weights_under_the_same_name_do_not_reuse_cells(tiny_model, tmp_path):
+    """Cells are keyed by a digest of the named folder's weights file: after retraining into the same
+    folder a rerun is refused (not mixed with the old weights' cells); the same weights resume."""
+    import torch
+
+    from mmlc.models.loading import save_pretrained, weights_id
+
+    folder = tmp_path / "m"
+    save_pretrained(tiny_model, folder)
+    hay = N.ShapeWorldHaystack(fps=FPS, size=16, seed=5)
+    kw = dict(lengths=[4.0], depths=[0.0], output_dir=tmp_path / "o", model_name=str(folder), max_reply_tokens=2,
+              progress=False, shard=(0, 1))
+    first = weights_id(folder)
+    N.run_niavh(tiny_model, hay, **kw)
+    N.run_niavh(_fail_loader, hay, **kw)                      # same weights: resumed, nothing to run
+    with torch.no_grad():
+        next(tiny_model.lm.parameters()).add_(1.0)
+    save_pretrained(tiny_model, folder)
+    assert weights_id(folder) not in (None, first) and weights_id("tiny") is None
+    with pytest.raises(ConfigError, match="weights differ"):
+        N.run_niavh(_fail_loader, hay, **kw)
+
+
 def test_sharded_run_equals_single_process(tmp_path):
     hay = N.ShapeWorldHaystack(fps=FPS, size=16, seed=2)
     answers = ["x"] * 6

@@ -84,14 +84,18 @@ def _answers(record: dict | None) -> list[str]:
     return [t["value"] for t in record.get("conversations", []) if t.get("from") == "assistant"]
 
 
-def _usable_record(record, item: MmduItem, model_name: str | None, path: Path) -> dict | None:
-    """A saved prediction record that belongs to this item (and model), else None (start over)."""
+def _usable_record(record, item: MmduItem, model_name: str | None, path: Path, weights: str | None = None) -> dict | None:
+    """A saved prediction record that belongs to this item (and model, and weights), else None (start over)."""
     if not isinstance(record, dict) or record.get("id") != item.id or not isinstance(record.get("conversations"), list):
         return None
     saved_model = record.get("model")
     if model_name and saved_model and saved_model != model_name:
         raise ConfigError(f"{path}: holds answers of model {saved_model!r}, not {model_name!r}: use another "
                           "--output-dir for another model (or delete its predictions folder)")
+    if weights and record.get("weights") != weights:
+        raise ConfigError(f"{path}: holds answers of other weights than {model_name or 'this model'}'s now "
+                          f"({record.get('weights')!r}, now {weights!r}; retrained?): use another --output-dir "
+                          "(or delete its predictions folder)")
     conv = record["conversations"]
     for j, turn in enumerate(conv):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or j // 2 >= len(item.turns):
@@ -408,6 +412,11 @@ def run_mmdu(model_loader, data, image_dir=None, output_dir=None, *, limit: int 
                         "prompt": "mmdu-rubric" if judge_prompt is None else "custom",
                         "prompt_sha1": hashlib.sha1(rubric.encode("utf-8")).hexdigest()[:12], "rubric_text": rubric}
     cfg.update(config or {})
+    from mmlc.models.loading import weights_id
+
+    # answers are generated only on the same weights (a retrained model of the same name must not reuse
+    # them); scoring saved predictions (mode eval) needs no model
+    weights = weights_id(model_name, cfg.get("init", "pretrained")) if model_name and mode != "eval" else None
 
     mine = shard_items(data.items, index, count)
     pool = _JudgePool(judge, _JudgementStore(output_dir), judge_concurrency, judge_images, rubric,
@@ -421,12 +430,13 @@ def run_mmdu(model_loader, data, image_dir=None, output_dir=None, *, limit: int 
                    disable=not progress or not main, position=0)
         for item in bar:
             path = _prediction_path(output_dir, item)
-            record = _usable_record(read_json(path), item, model_name, path)
+            record = _usable_record(read_json(path), item, model_name, path, weights)
             if not is_complete(record, item) and mode != "eval":
                 if model is None:
                     model = model_loader if hasattr(model_loader, "chat") else model_loader()
                 if record is None:
-                    record = {"id": item.id, "model": model_name, "image": item.raw_images, "conversations": [],
+                    record = {"id": item.id, "model": model_name, "weights": weights, "image": item.raw_images,
+                              "conversations": [],
                               "n_turns": len(item.turns), "complete": False}
                 generate_dialogue(model, item, record, lambda r, p=path: write_json(p, r), max_reply_tokens)
                 n_generated += 1

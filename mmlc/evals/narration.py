@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from mmlc.data import shapeworld as sw
 from mmlc.errors import DataError, MmlcError
 from mmlc.evals import metrics as M
+from mmlc.models.loading import weights_digest
 from mmlc.models.layout import DECISION, TEXT, Reply
 from mmlc.train.examples import timeline
 
@@ -223,20 +224,6 @@ def resolve_data(data: str, seed: int = EVAL_SEED) -> tuple[list | Iterator, int
         return shapeworld_episodes(n, seed), n
     episodes = folder_episodes(data)
     return episodes, len(episodes)
-
-
-def weights_digest(model) -> str:
-    """A short digest of a model's weights (every tensor's shape and ~4k evenly strided values), cheap
-    even for a large model: what a resumed eval checks it continues with the same weights."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        flat = t.detach().reshape(-1)
-        sample = flat[::max(1, flat.numel() // 4096)].float().cpu().numpy()
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(sample.tobytes())
-    return h.hexdigest()[:16]
 
 
 def run_key(model, data: str, seed: int, threshold: float, memory: bool | None) -> dict:

@@ -656,7 +656,8 @@ def _cell_path(output_dir: Path, cell: Cell) -> Path:
 
 def _settings(haystack, cell: Cell, cfg: dict) -> dict:
     return {"haystack": haystack.describe(), "length": cell.length, "depth": cell.depth, "repeat": cell.repeat,
-            **{k: cfg[k] for k in ("model", "memory", "window_seconds", "threshold", "max_reply_tokens")}}
+            **{k: cfg[k] for k in ("model", "memory", "window_seconds", "threshold", "max_reply_tokens")},
+            "weights": cfg.get("weights")}
 
 
 def _check_settings(record, settings: dict, path: Path) -> dict | None:
@@ -736,6 +737,11 @@ def run_niavh(model_loader, haystack, *, lengths, depths, repeats: int = 1, outp
                         "prompt": "niavh-rubric",
                         "prompt_sha1": hashlib.sha1(NIAVH_RUBRIC.encode("utf-8")).hexdigest()[:12]}
     cfg.update(config or {})
+    from mmlc.models.loading import weights_id
+
+    # a rerun resumes only on the same weights (a retrained model of the same name must not reuse cells)
+    # (the digest of the weights file that model_name names, as the CLI passes it; None otherwise)
+    cfg["weights"] = weights_id(model_name, cfg.get("init", "pretrained")) if model_name else None
 
     mine = shard_items(cells, index, count)
     model = None

@@ -36,6 +36,42 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short digest of a model's weights (every tensor's name, shape and ~4k evenly strided values),
+    cheap even for a large model: what a resumed eval checks to continue with the same weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(flat[::max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def weights_id(name: str | os.PathLike | None, init: str = "pretrained") -> str | None:
+    """What identifies the weights ``mmlc.load(name)`` gives, without loading them: for ``mmlc-tiny``
+    (or None) or a model folder, a digest of its weights file (its size and three 1 MiB pieces); None
+    for a preset with random weights or a name that is no folder. Evals that resume by file (NIAVH
+    cells, MMDU predictions) key their records with it, so that retrained weights under the same name
+    are not mixed with the old ones' results."""
+    import hashlib
+
+    if init != "pretrained":
+        return None
+    folder = DEFAULT_MODEL if name in (None, "", "mmlc-tiny") else Path(name)
+    file = folder / WEIGHTS_FILE
+    if not file.is_file():
+        return None
+    size, piece = file.stat().st_size, 1 << 20
+    h = hashlib.sha1(str(size).encode())
+    with open(file, "rb") as f:
+        for at in (0, max(0, size // 2 - piece // 2), max(0, size - piece)):
+            f.seek(at)
+            h.update(f.read(piece))
+    return h.hexdigest()[:16]
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/"cpu" -> CPU; "auto" -> CUDA when available; anything torch accepts otherwise."""
     if device is None:
