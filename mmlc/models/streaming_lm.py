@@ -276,6 +276,16 @@ class StreamingLM(nn.Module):
             if before is not None and before.shape[1] != cache.get_seq_length():
                 raise ValueError(f"the cache holds {cache.get_seq_length()} tokens but tag words for "
                                  f"{before.shape[1]}: cut it with mmlc.streaming.kv.drop_tokens / crop_tokens")
+        kept = input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids
+        if not bool(((kept != self.layout.frame_id) & (kept != self.layout.memory_id)).any()):
+            # only frame / memory positions kept (a stream's per-frame forward): the copy adds nothing
+            # there, so the head's attention is not recomputed (measured: 0.76x the frames/s otherwise)
+            out = self.lm(**run)
+            if cache is not None:
+                from mmlc.streaming.kv import append_words
+
+                append_words(cache, words)
+            return out
         with AttentionTap(self.lm, [layer]) as tap:
             out = self.lm(**run)
         if cache is not None:
