@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,3 +469,24 @@ def test_dense_dialogues_ask_more_of_the_same_images():
     for bad in ((8,), (0, 5), (6, 6), (2.0, 5), "8-16"):
         with pytest.raises(ConfigError, match="n_turns"):
             sw.generate_multi_image(0, n_turns=bad)
+
+
+@pytest.mark.slow
+def test_tiny_short_runs_every_stage_and_ends_with_tiny_s_structure(tmp_path, monkeypatch):
+    """recipe tiny-short, each stage cut to 2 steps (about a minute): it runs through, and the model it
+    saves has what tiny's stages switch on (4x4 grid, reader, needle detector, memory tags, copy head)
+    with the same config as tiny's shipped model, so tiny-short's weights could ship in its place."""
+    import dataclasses
+    import mmlc
+    short = recipes.RECIPES["tiny-short"]()
+    assert sum(s.steps for s in short.stages) < 0.5 * sum(s.steps for s in recipes.RECIPES["tiny"]().stages)
+    small = [dataclasses.replace(s, steps=2, batch_size=min(s.batch_size, 4), warmup=1, eval_examples=2,
+                                 max_batch_tokens=min(s.max_batch_tokens, 4096) if s.max_batch_tokens else 0)
+             for s in short.stages]
+    monkeypatch.setitem(recipes.RECIPES, "tiny-smoke", lambda: dataclasses.replace(
+        short, name="tiny-smoke", stages=small, tokenizer_episodes=20, save_every=2))
+    out = trainer.train("tiny-smoke", tmp_path / "run", progress=False, log=lambda *_: None)
+    model = mmlc.load(out)
+    assert model.reader is not None and model.reader.rare is not None
+    shipped = json.loads((Path(mmlc.__file__).parent / "assets" / "mmlc-tiny" / "config.json").read_text())
+    assert json.loads((Path(out) / "config.json").read_text()) == shipped
