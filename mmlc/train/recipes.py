@@ -275,8 +275,10 @@ def tiny_short() -> Recipe:
     ``look`` passes (the one kept has the ``obj`` head), two of the five ``words`` passes and the
     ``recall`` stage before ``recall_tagged`` (which draws the same mix, with the looks; it takes
     ``memory_tags`` over). The rest run 30-60% of their steps, and the frozen tower runs in bfloat16 in
-    every LM stage (``tiny-v2`` measured the LM loss unchanged to 4 digits). The README says what it
-    reached against ``tiny``."""
+    every LM stage (``tiny-v2`` measured the LM loss unchanged to 4 digits). Measured (README): 113
+    minutes on this CPU, and narration F1 0.878 / 0.844, state QA 0.833 / 0.816, NIAVH 0.27, MMDU 0.581
+    on the held-out sets, against the shipped ``tiny``'s 0.941 / 0.907, 0.991 / 1.000, 0.93, 0.916:
+    the late stages need their steps, so this is not the shipped recipe."""
     words = dict(lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600, warmup=20, eval_examples=16,
                  look_weight=0.3, stream_hops=True)
     hops = ["name:0.1", "obj:1.0", "via:2.1", "3.2"]
