@@ -471,6 +471,19 @@ def test_dense_dialogues_ask_more_of_the_same_images():
             sw.generate_multi_image(0, n_turns=bad)
 
 
+def test_tiny_short_is_tiny_s_stages_in_order_with_fewer_steps():
+    """tiny-short keeps tiny's stages as they are, in tiny's order, changing only their steps and warmup
+    (and where memory tags switch on, as the recall stage it drops did), so the two compare stage by stage."""
+    import dataclasses
+    full, short = recipes.RECIPES["tiny"]().stages, recipes.RECIPES["tiny-short"]().stages
+    plain = lambda s: dataclasses.replace(s, steps=0, warmup=0, tower_dtype="", memory_tags=False)
+    at = [[plain(s) for s in full].index(plain(s)) for s in short]
+    assert at == sorted(at) and len(set(at)) == len(at)
+    assert all(s.steps <= full[k].steps for s, k in zip(short, at))
+    assert [s.name for s in short if s.memory_tags] == ["recall_tagged"]
+    assert {s.name for s in short} == {s.name for s in full} - {"qa", "refresh", "recall"}
+
+
 @pytest.mark.slow
 def test_tiny_short_runs_every_stage_and_ends_with_tiny_s_structure(tmp_path, monkeypatch):
     """recipe tiny-short, each stage cut to 2 steps (about a minute): it runs through, and the model it

@@ -6,7 +6,7 @@ time). ``tiny-smoke`` is the same pipeline with a handful of steps, for tests an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from mmlc.errors import ConfigError
 
@@ -279,41 +279,15 @@ def tiny_short() -> Recipe:
     minutes on this CPU, and narration F1 0.878 / 0.844, state QA 0.833 / 0.816, NIAVH 0.27, MMDU 0.581
     on the held-out sets, against the shipped ``tiny``'s 0.941 / 0.907, 0.991 / 1.000, 0.93, 0.916:
     the late stages need their steps, so this is not the shipped recipe."""
-    words = dict(lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600, warmup=20, eval_examples=16,
-                 look_weight=0.3, stream_hops=True)
-    hops = ["name:0.1", "obj:1.0", "via:2.1", "3.2"]
-    needle = dict(batch_size=12, max_batch_tokens=10240, max_batch_frames=2400, eval_examples=16, look_weight=0.3,
-                  stream_hops=True, look_heads=[*hops, "readall:3.2"], read_weight=5.0)
-    return Recipe(name="tiny-short", preset="tiny", frozen_tower_dtype="bfloat16", stages=[
-        Stage("vision", steps=1000, lr=2e-3, batch_size=64, warmup=60, eval_examples=256),
-        Stage("align", steps=250, lr=1e-3, batch_size=32, warmup=30),
-        Stage("change", steps=300, lr=1e-3, batch_size=32, warmup=30),
-        Stage("stream", steps=400, lr=7e-4, batch_size=16, max_batch_tokens=5120, warmup=30, eval_examples=16),
-        Stage("chat", steps=250, lr=5e-4, batch_size=16, max_batch_tokens=5120, warmup=20, eval_examples=32),
-        Stage("polish", steps=250, lr=3e-4, batch_size=16, max_batch_tokens=5120, warmup=20, eval_examples=32),
-        Stage("memory", steps=150, lr=2e-4, batch_size=12, max_batch_tokens=6144, warmup=20, eval_examples=32,
-              new_lr_scale=5.0),
-        Stage("memalign", steps=80, lr=2e-4, batch_size=8, max_batch_tokens=6144, warmup=10, eval_examples=32,
-              new_lr_scale=5.0),
-        Stage("long", steps=60, lr=2e-4, batch_size=6, max_batch_tokens=6144, max_batch_frames=2400, warmup=10,
-              eval_examples=16, new_lr_scale=5.0),
-        Stage("tags", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=5120, max_batch_frames=1600, warmup=20,
-              eval_examples=32, fresh_digits=True),
-        Stage("grid", steps=300, lr=3e-4, batch_size=16, max_batch_tokens=8192, max_batch_frames=1600, warmup=20,
-              eval_examples=32, frames_grid=4, fresh_words=["small", "large", "yes", "no"]),
-        Stage("dialogues", steps=250, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
-              warmup=20, eval_examples=32),
-        Stage("look", steps=200, lr=3e-4, batch_size=16, max_batch_tokens=10240, max_batch_frames=1600,
-              warmup=20, eval_examples=16, look_heads=hops, look_weight=0.3),
-        Stage("reader", steps=400, lr=2e-3, batch_size=64, warmup=30, eval_examples=256),
-        Stage("words", steps=180, tag_scale=3.0, tag_mode="object", look_heads=hops, **words),
-        Stage("words", steps=180, look_heads=[*hops, "read:3.2"], **words),
-        Stage("words", steps=180, look_heads=[*hops, "read:3.2"], read_weight=5.0, **words),
-        Stage("rare", steps=300, lr=2e-3, batch_size=64, warmup=30, eval_examples=256),
-        Stage("recall_tagged", steps=120, lr=3e-4, warmup=20, memory_tags=True, **needle),
-        Stage("recall_tagged", steps=100, lr=2e-4, warmup=10, copy_head="3.2", **needle),
-        Stage("settle", steps=50, lr=1e-4, warmup=10, copy_head="3.2", **needle),
-    ])
+    # tiny's stage index -> (steps, warmup); the stages not named here are dropped
+    cut = {0: (1000, 60), 1: (250, 30), 2: (300, 30), 3: (400, 30), 4: (250, 20), 5: (250, 20),
+           7: (150, 20), 8: (80, 10), 9: (60, 10), 11: (300, 20), 12: (300, 20), 13: (250, 20), 16: (200, 20),
+           17: (400, 30), 18: (180, 20), 21: (180, 20), 22: (180, 20), 23: (300, 30), 25: (120, 20),
+           26: (100, 10), 27: (50, 10)}
+    full = tiny().stages
+    stages = [replace(full[k], steps=steps, warmup=warmup, tower_dtype="") for k, (steps, warmup) in cut.items()]
+    stages[18] = replace(stages[18], memory_tags=True)   # recall's switch, now on the first recall_tagged
+    return Recipe(name="tiny-short", preset="tiny", frozen_tower_dtype="bfloat16", stages=stages)
 
 
 def tiny_smoke() -> Recipe:
