@@ -285,8 +285,9 @@ def tiny_short() -> Recipe:
            17: (400, 30), 18: (180, 20), 21: (180, 20), 22: (180, 20), 23: (300, 30), 25: (120, 20),
            26: (100, 10), 27: (50, 10)}
     full = tiny().stages
-    stages = [replace(full[k], steps=steps, warmup=warmup, tower_dtype="") for k, (steps, warmup) in cut.items()]
-    stages[18] = replace(stages[18], memory_tags=True)   # recall's switch, now on the first recall_tagged
+    recall = next(k for k, s in enumerate(full) if s.name == "recall")   # dropped: its switch moves to the next stage
+    stages = [replace(full[k], steps=steps, warmup=warmup, tower_dtype="", memory_tags=full[k].memory_tags or k == recall + 1)
+              for k, (steps, warmup) in cut.items()]
     return Recipe(name="tiny-short", preset="tiny", frozen_tower_dtype="bfloat16", stages=stages)
 
 
