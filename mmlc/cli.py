@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mmlc.errors import MmlcError
@@ -211,10 +212,20 @@ def export_model(src, dest, dtype: str = "float16"):
 
 
 def cmd_train(args) -> int:
-    from mmlc.train.trainer import train
+    from mmlc.train.trainer import estimate, train
 
+    if args.estimate:
+        report = estimate(args.recipe, steps=args.estimate_steps, device=args.device, compile=not args.no_compile)
+        print(f"recipe {report['recipe']}: about {report['minutes']:.0f} minutes on this machine "
+              f"({len(report['stages'])} stages; {report['steps_timed']} steps timed in each)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return 0
+    if args.out is None:
+        raise MmlcError("mmlc train: --out DIR is required (the run folder), except with --estimate")
     out = train(args.recipe, args.out, device=args.device, resume=not args.no_resume, progress=not args.no_progress,
-                start_from=args.start_from, start_stage=args.from_stage, keep_stages=args.keep_stages)
+                start_from=args.start_from, start_stage=args.from_stage, keep_stages=args.keep_stages,
+                compile=not args.no_compile)
     if args.export:
         dest = export_model(out, args.export, args.export_dtype)
         print(f"exported the model to {dest} ({args.export_dtype})")
@@ -329,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model by recipe (resumable)",
                        description="Train by recipe. 'tiny' regenerates the embedded mmlc-tiny from scratch.")
     p.add_argument("--recipe", default="tiny", help="recipe name: tiny (the shipped weights), tiny-short (tiny cut to about two hours), tiny-v2, tiny-smoke")
-    p.add_argument("--out", required=True, help="run folder: created, or resumed if it holds this recipe's run")
+    p.add_argument("--out", default=None, help="run folder: created, or resumed if it holds this recipe's run")
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run in --out")
     p.add_argument("--from", dest="start_from", default=None, metavar="DIR",
@@ -342,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default=None, help="copy the final model to this folder (e.g. mmlc/assets/mmlc-tiny)")
     p.add_argument("--export-dtype", choices=["float16", "float32"], default="float16",
                    help="dtype of the exported weights file (default float16: half the size, loaded as float32)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the frozen vision tower uncompiled (torch.compile needs a C++ compiler; it falls back "
+                        "by itself where compiling fails)")
+    p.add_argument("--estimate", action="store_true",
+                   help="write nothing: time a few steps of each stage here and print the recipe's wall time")
+    p.add_argument("--estimate-steps", type=int, default=4, metavar="K", help="with --estimate: steps timed a stage")
+    p.add_argument("--json", default=None, help="with --estimate: write the per-stage times to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

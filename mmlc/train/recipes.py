@@ -128,6 +128,16 @@ class Recipe:
     # CPU (avx512_bf16; with channels-last) and leaves the LM loss unchanged to 4 digits; the model
     # still streams in float32. Runs saved before this field trained in float32.
     frozen_tower_dtype: str = "float32"
+    # dtype of the LM's forward and backward in the LM stages (autocast; mixed precision: weights, their
+    # gradients, the optimizer and the loss stay float32). "bfloat16" runs the LM's matrix products on
+    # this CPU's AMX units; the model still streams in float32. Runs saved before this field: float32.
+    lm_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("frozen_tower_dtype", "lm_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"Recipe('{self.name}', {name}={getattr(self, name)!r}): use 'float32', "
+                                  "'bfloat16' or 'float16'")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from mmlc.models.layout import DECISION, IGNORE, TEXT
 from mmlc.models.loading import attach_tokenizer, build, load_weights, save_pretrained
 from mmlc.models.presets import preset
 from mmlc.train import examples as ex
+from mmlc.train.frozen_tower import FrozenTower
+from mmlc.train.packing import Packing, packed
 from mmlc.train.look import READ_KINDS, AttentionTap, head_attention, look_loss, look_targets, parse_heads
 from mmlc.train.recipes import Recipe, Stage, recipe as get_recipe
 from mmlc.train.reader import enable_rare, enable_reader, rare_loss, reader_loss, sample_frames, sample_rare_frames
@@ -183,13 +185,17 @@ def _pixels(model, e: ex.Example) -> torch.Tensor:
 def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False,
             probe: "MemoryProbe | None" = None, tower_dtype: str | None = None,
             look_heads: list[tuple[str, int, int]] = (), look_weight: float = 0.0,
-            read_weight: float = 1.0) -> tuple[dict, torch.Tensor]:
+            read_weight: float = 1.0, lm_dtype: str = "float32", tower=None) -> tuple[dict, torch.Tensor]:
     """Forward + LIVE loss on a batch; returns (loss parts, logits).
 
     Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
     logits are (N_labelled, V); ``full_logits`` returns (B, L, V) for evaluation. With a ``probe`` and
     memory targets in the batch, the probe's loss on the bridge memories is added (``memory_probe_loss``).
-    ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed). ``look_heads``
+    ``tower_dtype`` runs the frozen tower under autocast to that dtype (training speed), or ``tower`` (a
+    :class:`~mmlc.train.frozen_tower.FrozenTower` in that dtype) stands in for it. ``lm_dtype`` runs the
+    LM's forward and backward under autocast to that dtype (mixed precision: the weights, their
+    gradients and the loss stay float32; :attr:`Recipe.lm_dtype`). Training runs a right-padded batch
+    packed into one row (:func:`_packing`; the same numbers as the padded batch). ``look_heads``
     ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing
     loss of :mod:`mmlc.train.look` on the batch's look targets (``look_loss``, and ``look_mass``:
     their mean attention on the targets; ``look_heads_mass``: per head, its mass and query count), a
@@ -200,10 +206,13 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         feats, image_feats = _features(model, batch["pixels"], image_rows)
         tokens = _row_tokens(model, feats, image_feats, image_rows, None)
         memory = frame_words = memory_words = None
+    elif tower is not None:
+        feats, image_feats = _features(model, batch["pixels"], image_rows, tower)
     else:
         with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, tower_dtype or "float32"),
                                              enabled=tower_dtype not in (None, "float32")):
             feats, image_feats = _features(model, batch["pixels"], image_rows)
+    if not train_vision:
         feats = feats.float()
         image_feats = None if image_feats is None else image_feats.float()
         rows = batch.get("frame_rows")
@@ -221,11 +230,22 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     looking = any(kind in batch.get("looks", {}) for kind, _, _ in look_heads)
     copying = model.config.frames.copy_head is not None and not train_vision
     copy_layer = parse_head(model.config.frames.copy_head)[0] if copying else None
-    with AttentionTap(model.lm, ([layer for _, layer, _ in look_heads] if looking else []) + ([copy_layer] if copying else []),
-                      final=looking and any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap:
-        hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
     keep = batch["labels"] >= 0
-    logits = model.lm.get_output_embeddings()(hidden[keep])
+    packing = _packing(batch["attention_mask"])
+    decoder = model.lm.get_decoder()
+    with AttentionTap(model.lm, ([layer for _, layer, _ in look_heads] if looking else []) + ([copy_layer] if copying else []),
+                      final=looking and any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap, \
+            torch.autocast(model.device.type, dtype=getattr(torch, lm_dtype), enabled=lm_dtype != "float32"):
+        if packing is None:
+            hidden = decoder(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state[keep]
+        else:
+            with packed(model.lm):
+                hidden = decoder(inputs_embeds=packing.pack(embeds), position_ids=packing.position_ids,
+                                 segments=packing.segments).last_hidden_state[0, keep[packing.where]]
+        logits = model.lm.get_output_embeddings()(hidden).float()
+    if packing is not None:   # what the look loss and the copy head read, back in the batch's rows
+        tap.inputs = {i: (packing.unpack(h), tuple(packing.unpack(t) for t in rope)) for i, (h, rope) in tap.inputs.items()}
+        tap.final = None if tap.final is None else packing.unpack(tap.final)
     if copying:   # trained through the copy head, as the session scores (mmlc.models.copy)
         logits = logits + _copy_added(model, tap, batch, keep, frame_words, memory_words).to(logits.dtype)
     parts = model.live_loss(logits, batch["labels"][keep], batch["kinds"][keep])
@@ -237,6 +257,16 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
         parts["memory_probe_loss"], _ = probe(raw, batch["memory_targets"])
         parts["loss"] = parts["loss"] + parts["memory_probe_loss"]
     return parts, logits
+
+
+def _packing(mask: torch.Tensor) -> Packing | None:
+    """How the decoder takes a batch: packed (:mod:`mmlc.train.packing`: the real tokens of every row in
+    one row, attention per example) where every row is right-padded (ones, then zeros; :func:`collate`
+    pads so), else None (a masked forward over the padded batch). Packing skips the padding's
+    projections, MLPs and attention: a ``words`` batch of 9 rows held 4,345 real tokens in 9,621
+    padded places."""
+    right_padded = bool((mask.cummin(dim=1).values == mask).all())
+    return Packing(mask) if right_padded else None
 
 
 def _copy_added(model, tap: AttentionTap, batch: dict, keep: torch.Tensor, frame_words, memory_words) -> torch.Tensor:
@@ -257,10 +287,10 @@ def _copy_added(model, tap: AttentionTap, batch: dict, keep: torch.Tensor, frame
     return model.copy_into_logits(copied, ids[rows, queries])
 
 
-def _features(model, pixels: torch.Tensor, image_rows: torch.Tensor | None):
+def _features(model, pixels: torch.Tensor, image_rows: torch.Tensor | None, tower=None):
     """Frame features (N, T, Dv) of every pixel row, and the chat-image features (N_img, T_image, Dv) of
     the rows ``image_rows`` marks (None when the batch has none or images use the frames' grid)."""
-    maps, pooled = model.vision_maps(pixels)
+    maps, pooled = model.vision_maps(pixels, tower=tower)
     feats = model.frame_features(maps, pooled)
     if image_rows is None:
         return feats, None
@@ -341,6 +371,9 @@ WORD_CLASSES = {
 
 
 MEMORY_STAGES = ("memory", "memalign", "long", "needle")
+# the frozen tower is compiled for a stage with at least this many steps to go: compiling costs 15-20 s
+# once a run, and saves 0.1-1.5 s a step (mmlc.train.frozen_tower); smoke runs and tests never pay it
+COMPILE_MIN_STEPS = 50
 
 
 def _loggable(value):
@@ -437,16 +470,32 @@ def lr_at(stage: Stage, step: int) -> float:
 
 
 # ---------------------------------------------------------------------- the run
+@dataclass
+class _StageRun:
+    """A stage under way: its index, optimizer, trained parameters, look heads and kind."""
+
+    index: int
+    stage: Stage
+    opt: torch.optim.Optimizer
+    params: list
+    look_heads: list
+    memory_stage: bool
+    side: int    # the vision stage's dense map side (0 otherwise)
+    tower: "FrozenTower | None" = None   # the frozen tower's fast copy (stages after the vision stage)
+
+
 class Run:
     """A training run in folder ``out``: prepares, resumes, trains the stages, saves the model."""
 
     def __init__(self, recipe: Recipe, out: Path, *, device=None, progress: bool = True, log=print,
                  start_from: str | os.PathLike | None = None, start_stage: int | None = None,
-                 keep_stages: bool = False):
+                 keep_stages: bool = False, compile: bool = True):
         from accelerate import Accelerator
 
         self.recipe, self.out, self.progress, self.log = recipe, Path(out), progress, log
         self.keep_stages = keep_stages
+        self.compile = compile            # torch.compile the frozen tower (FrozenTower) where it works
+        self._towers: dict[str, FrozenTower] = {}
         self.start_from = _check_start(recipe, start_from, start_stage)
         self.start_stage = start_stage
         cpu = device in (None, "cpu")
@@ -574,6 +623,55 @@ class Run:
             self.log(f"training done in {elapsed / 60:.1f} min: {self.out / 'model'}")
         return self.out / "model"
 
+    # -- how long a recipe takes here ------------------------------------------------------------
+    def estimate(self, steps: int = 4, evaluate: bool = True) -> dict:
+        """Time each stage of the recipe on this machine, without a run folder: a throwaway model walks
+        the stages as :meth:`train` does (the same structure changes, the same step code), and in each
+        stage ``steps`` optimizer steps spread over the stage (their data and batch sizes are those of
+        a real run) are timed after one untimed first step (where one-time work such as compiling the
+        frozen tower falls: reported as ``first_step_s``), and the stage's evaluation once. Returns
+        ``{"stages": [{"stage", "name", "steps", "s_per_step", "first_step_s", "eval_s", "seconds", "minutes"}, ...],
+        "minutes": total}``: the estimated wall time of a whole run is ``minutes`` (plus the tokenizer,
+        about a minute). Each step's time varies with its examples' lengths: more ``steps``, a closer mean."""
+        from mmlc.models.loading import default_tokenizer
+
+        config = preset(self.recipe.preset)
+        model = build(config, default_tokenizer(config), seed=self.recipe.seed).to(self.acc.device)
+        heads = make_heads(model)
+        if model.bridge is not None:
+            heads.memory_probe = MemoryProbe(model.config.memory.tokens, model.config.vision.hidden_size)
+        heads.to(self.acc.device)
+        rows, total = [], 0.0
+        for s_idx, stage in enumerate(self.recipe.stages):
+            if stage.frames_grid:
+                set_frames_grid(model, stage.frames_grid)
+            if stage.tag_scale or stage.tag_mode:
+                set_tags(model, stage.tag_scale, stage.tag_mode)
+            run = self._begin_stage(model, heads, s_idx, stage, 0)
+            at = np.linspace(0, stage.steps - 1, steps + 1).round().astype(int).tolist()
+            times = []
+            for step in at:
+                t = time.perf_counter()
+                self._step(model, heads, run, step)
+                times.append(time.perf_counter() - t)
+            per_step = float(np.mean(times[1:])) if len(times) > 1 else times[0]
+            eval_s = 0.0
+            if evaluate:
+                t = time.perf_counter()
+                self.evaluate(model, heads, stage)
+                eval_s = time.perf_counter() - t
+            if stage.name == "vision":
+                self._towers.clear()
+            seconds = per_step * stage.steps + max(times[0] - per_step, 0.0) + eval_s
+            minutes = seconds / 60
+            total += minutes
+            rows.append({"stage": s_idx + 1, "name": stage.name, "steps": stage.steps, "s_per_step": round(per_step, 4),
+                         "first_step_s": round(times[0], 2), "eval_s": round(eval_s, 2), "seconds": round(seconds, 2),
+                         "minutes": round(minutes, 2)})
+            self.log(f"stage {s_idx + 1}/{len(self.recipe.stages)} {stage.name}: {per_step:.2f} s a step x "
+                     f"{stage.steps} -> {minutes:.1f} min (first step {times[0]:.1f} s, eval {eval_s:.1f} s)")
+        return {"recipe": self.recipe.name, "steps_timed": steps, "stages": rows, "minutes": round(total, 1)}
+
     def _start_from_model(self, model, heads, n_done: int) -> None:
         """Take the weights of ``start_from`` as the model after the recipe's first ``n_done`` stages and
         checkpoint them, so that an interruption before the first save resumes from here too."""
@@ -589,7 +687,9 @@ class Run:
                  f"'{self.start_from}'")
         self._save(model, heads, None, n_done, 0, 0.0)
 
-    def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
+    def _begin_stage(self, model, heads, s_idx: int, stage: Stage, step0: int) -> "_StageRun":
+        """What a stage changes in the model when it starts (a reader, a detector, tags, fresh
+        embeddings), which parameters it trains, and its optimizer (resumed at ``step0`` > 0)."""
         vision = stage.name == "vision"
         reading = stage.name in ("reader", "rare")
         if stage.name == "reader" and enable_reader(model):
@@ -639,40 +739,61 @@ class Run:
         ckpt = self.out / "checkpoint"
         if step0 > 0 and (ckpt / "optimizer.safetensors").is_file():
             load_optimizer(opt, ckpt / "optimizer.safetensors")
-        bar = tqdm(total=stage.steps, initial=step0, desc=f"stage {s_idx + 1}/{len(self.recipe.stages)} {stage.name}",
-                   disable=not (self.progress and self.main), dynamic_ncols=True)
-        world = lambda rng: ex.training_world(rng, 60.0)  # noqa: E731
-        log_file = self.out / "metrics.jsonl"
-        side = map_side(model) if vision else 0
-        ema = None
         lm_cfg = model.lm.config
         look_heads = parse_heads(stage.look_heads, lm_cfg.num_hidden_layers, lm_cfg.num_attention_heads)
         _train_mode(model, vision)
+        tower = None if vision else self._frozen_tower(model, stage.tower_dtype or self.recipe.frozen_tower_dtype,
+                                                       compile=self.compile and stage.steps - step0 >= COMPILE_MIN_STEPS)
+        return _StageRun(s_idx, stage, opt, params, look_heads, memory_stage, map_side(model) if vision else 0, tower)
+
+    def _frozen_tower(self, model, dtype: str, compile: bool) -> FrozenTower:
+        """The frozen tower's fast copy in ``dtype``, built (and compiled) once for all the stages after
+        the vision stage that run it so; a vision stage in between would make it stale, so
+        :meth:`_train_stage` drops them after one."""
+        key = f"{dtype}{'-compiled' if compile else ''}"
+        if key not in self._towers:
+            self._towers[key] = FrozenTower(model.vision, getattr(torch, dtype), compile=compile, log=self.log)
+        return self._towers[key]
+
+    def _step(self, model, heads, run: "_StageRun", step: int) -> dict:
+        """One optimizer step of a stage on the examples of (recipe seed, stage, step, process);
+        returns the loss parts (``loss`` among them)."""
+        stage = run.stage
+        rng = np.random.default_rng([self.recipe.seed, run.index, step, self.acc.process_index])
+        for g in run.opt.param_groups:
+            g["lr"] = lr_at(stage, step) * g.get("scale", 1.0)
+        if stage.name == "vision":
+            world = lambda r: ex.training_world(r, 60.0)  # noqa: E731
+            prevs, curs, labels = sample_pairs(rng, stage.batch_size, world, dense_side=run.side)
+            loss, _ = aux_loss(model, heads, prevs, curs, labels)
+            parts = {"loss": loss}
+        elif stage.name in ("reader", "rare"):
+            loss, _ = self._reader_loss(model, stage, rng, stage.batch_size, run.tower)
+            parts = {"loss": loss}
+        else:
+            batch = collate(model, draw_batch(model, stage, rng), look_kinds={k for k, _, _ in run.look_heads},
+                            stream_hops=stage.stream_hops)
+            parts, _ = lm_step(model, batch, probe=heads.memory_probe if run.memory_stage else None,
+                               tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype,
+                               look_heads=run.look_heads, look_weight=stage.look_weight,
+                               read_weight=stage.read_weight, lm_dtype=self.recipe.lm_dtype, tower=run.tower)
+        run.opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        self._average_gradients(run.params)
+        torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+        run.opt.step()
+        return parts
+
+    def _train_stage(self, model, heads, s_idx: int, stage: Stage, step0: int, elapsed: float, t0: float) -> float:
+        run = self._begin_stage(model, heads, s_idx, stage, step0)
+        vision = stage.name == "vision"
+        bar = tqdm(total=stage.steps, initial=step0, desc=f"stage {s_idx + 1}/{len(self.recipe.stages)} {stage.name}",
+                   disable=not (self.progress and self.main), dynamic_ncols=True)
+        log_file = self.out / "metrics.jsonl"
+        ema = None
         for step in range(step0, stage.steps):
-            rng = np.random.default_rng([self.recipe.seed, s_idx, step, self.acc.process_index])
-            for g in opt.param_groups:
-                g["lr"] = lr_at(stage, step) * g.get("scale", 1.0)
-            if vision:
-                prevs, curs, labels = sample_pairs(rng, stage.batch_size, world, dense_side=side)
-                loss, _ = aux_loss(model, heads, prevs, curs, labels)
-                parts = {"loss": loss}
-            elif reading:
-                loss, _ = self._reader_loss(model, stage, rng, stage.batch_size)
-                parts = {"loss": loss}
-            else:
-                batch = collate(model, draw_batch(model, stage, rng), look_kinds={k for k, _, _ in look_heads},
-                                stream_hops=stage.stream_hops)
-                parts, _ = lm_step(model, batch, probe=heads.memory_probe if memory_stage else None,
-                                   tower_dtype=stage.tower_dtype or self.recipe.frozen_tower_dtype,
-                                   look_heads=look_heads, look_weight=stage.look_weight,
-                                   read_weight=stage.read_weight)
-                loss = parts["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._average_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            value = float(loss.detach())
+            parts = self._step(model, heads, run, step)
+            value = float(parts["loss"].detach())
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             bar.set_postfix(loss=f"{ema:.3f}")
             bar.update(1)
@@ -682,12 +803,14 @@ class Run:
                                         **{k: _loggable(v) for k, v in parts.items()},
                                         "elapsed": round(elapsed + time.time() - t0, 1)}) + "\n")
             if (step + 1) % self.recipe.save_every == 0 and step + 1 < stage.steps:
-                self._save(model, heads, opt, s_idx, step + 1, elapsed + time.time() - t0)
+                self._save(model, heads, run.opt, s_idx, step + 1, elapsed + time.time() - t0)
             if vision and self.main and (step + 1) % (3 * self.recipe.save_every) == 0 and step + 1 < stage.steps:
                 with open(log_file, "a") as f:
                     f.write(json.dumps({"stage": stage.name, "step": step + 1, "probe": self.evaluate(model, heads, stage)}) + "\n")
                 _train_mode(model, vision)
         bar.close()
+        if vision:   # the tower changed: a later stage's fast copy is built from it afresh
+            self._towers.clear()
         elapsed += time.time() - t0
         report = self.evaluate(model, heads, stage)
         self.log(f"after stage {stage.name}: {json.dumps(report)}")
@@ -709,14 +832,15 @@ class Run:
         _train_mode(model, vision)
         return elapsed
 
-    def _reader_loss(self, model, stage: Stage, rng: np.random.Generator, n: int):
+    def _reader_loss(self, model, stage: Stage, rng: np.random.Generator, n: int, tower: FrozenTower | None = None):
         """The reader's (stage ``reader``) or its rare-shape detector's (stage ``rare``) loss and
-        accuracies on ``n`` fresh frames (the frozen tower's features)."""
+        accuracies on ``n`` fresh frames (the frozen tower's features; from ``tower`` where given)."""
         sample = sample_frames if stage.name == "reader" else sample_rare_frames
         prevs, curs, labels = sample(rng, n, model.config.frames.words, model.config.frames.grid)
         dtype = stage.tower_dtype or self.recipe.frozen_tower_dtype
-        with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
-            feats = model.vision_features(pair_pixels(model, prevs, curs))
+        with torch.no_grad(), torch.autocast(model.device.type, dtype=getattr(torch, dtype),
+                                             enabled=dtype != "float32" and tower is None):
+            feats = model.frame_features(*model.vision_maps(pair_pixels(model, prevs, curs), tower=tower))
         return (reader_loss if stage.name == "reader" else rare_loss)(model, feats.float(), labels)
 
     def _average_gradients(self, params: list) -> None:
@@ -970,16 +1094,29 @@ def _check_start(rec: Recipe, start_from, start_stage) -> Path | None:
 
 def train(recipe_name: str, out: str | os.PathLike, *, device=None, resume: bool = True, progress: bool = True,
           log=print, start_from: str | os.PathLike | None = None, start_stage: int | None = None,
-          keep_stages: bool = False) -> Path:
+          keep_stages: bool = False, compile: bool = True) -> Path:
     """Run (or resume) recipe ``recipe_name`` into folder ``out``; returns the final model folder.
 
     ``start_from`` (a model folder) with ``start_stage`` (1-based) skips the recipe's earlier stages:
     the run takes that model (weights and tokenizer) as what they made and trains from that stage on,
     e.g. the shipped mmlc-tiny and the stage a recipe gained after it was exported. ``keep_stages``:
-    also save the model after each stage to ``out/stages/NN-name`` (a few MB each), to evaluate them."""
+    also save the model after each stage to ``out/stages/NN-name`` (a few MB each), to evaluate them.
+    ``compile``: compile the frozen tower with torch.compile where that works (:mod:`mmlc.train.frozen_tower`)."""
     rec = get_recipe(recipe_name)
     if device not in (None, "cpu", "cuda", "auto"):
         raise ConfigError(f"device {device!r} is not supported for training: use cpu, cuda or auto "
                           "(several GPUs: accelerate launch -m mmlc train ...)")
     return Run(rec, Path(out), device=None if device in (None, "cpu") else "cuda", progress=progress,
-               log=log, start_from=start_from, start_stage=start_stage, keep_stages=keep_stages).train(resume=resume)
+               log=log, start_from=start_from, start_stage=start_stage, keep_stages=keep_stages,
+               compile=compile).train(resume=resume)
+
+
+def estimate(recipe_name: str, *, steps: int = 4, device=None, compile: bool = True, evaluate: bool = True,
+             log=print) -> dict:
+    """How long recipe ``recipe_name`` takes on this machine, stage by stage (:meth:`Run.estimate`),
+    without writing anything."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--estimate-steps {steps!r}: give a whole number >= 1 of steps to time in each stage")
+    rec = get_recipe(recipe_name)
+    return Run(rec, Path("."), device=None if device in (None, "cpu") else "cuda", progress=False, log=log,
+               compile=compile).estimate(steps, evaluate=evaluate)
