@@ -270,8 +270,10 @@ def tiny() -> Recipe:
     """The recipe of the shipped mmlc-tiny, 28 stages (README, Training). Its wall time on this 2-core
     CPU, summed over the runs that measured it: about 375 minutes for stages 1-17, 75 for 18-21, 46
     for 22-23, 128 for the needle stages 24-28 (rare 10, recall 44, recall_tagged 29, the copy head 29,
-    settle 16 alone). ``mmlc train --recipe tiny --out R --from STAGE_DIR --from-stage K`` reruns it
-    from the model a ``--keep-stages`` run saved after stage K - 1 (the previous shipped model, of 23
+    settle 16 alone), with the trainer of then; ``mmlc train --recipe tiny --estimate`` puts it at 345
+    minutes with that trainer and ~210 with packed batches and the folded, compiled frozen tower, on
+    one machine on 2026-12-07 (README, Training speed). ``mmlc train --recipe tiny --out R --from
+    STAGE_DIR --from-stage K`` reruns it from the model a ``--keep-stages`` run saved after stage K - 1 (the previous shipped model, of 23
     stages: ``--from-stage 24``)."""
     return Recipe(name="tiny", preset="tiny", stages=[*_tiny_first_stages(), *_word_stages(), *_needle_stages()])
 
