@@ -40,7 +40,6 @@ def main(argv: list[str]) -> dict:
     tower = FrozenTower(model.vision, torch.bfloat16, compile=False)
     ways = {"padded_fp32": (False, "float32"), "packed_fp32": (True, "float32"),
             "padded_bf16": (False, "bfloat16"), "packed_bf16": (True, "bfloat16")}
-    packing = trainer._packing
     report = {"stages": {}}
     for number in stages:
         stage = recipes.tiny().stages[number - 1]
@@ -56,16 +55,12 @@ def main(argv: list[str]) -> dict:
                 real += int(batch["attention_mask"].sum())
                 padded += batch["attention_mask"].numel()
             for way, (pack, dtype) in ways.items():
-                trainer._packing = packing if pack else (lambda mask: None)
-                try:
-                    t = time.perf_counter()
-                    parts, _ = trainer.lm_step(model, batch, tower=tower, look_heads=heads, look_weight=stage.look_weight,
-                                               read_weight=stage.read_weight, lm_dtype=dtype)
-                    parts["loss"].backward()
-                    if b:
-                        seconds[way] += time.perf_counter() - t
-                finally:
-                    trainer._packing = packing
+                t = time.perf_counter()
+                parts, _ = trainer.lm_step(model, batch, tower=tower, look_heads=heads, look_weight=stage.look_weight,
+                                           read_weight=stage.read_weight, lm_dtype=dtype, pack=pack)
+                parts["loss"].backward()
+                if b:
+                    seconds[way] += time.perf_counter() - t
                 model.zero_grad(set_to_none=True)
         per_step = {w: round(s / n_batches, 4) for w, s in seconds.items()}
         report["stages"][f"{number}-{stage.name}"] = {

@@ -41,7 +41,7 @@ def test_a_batch_packs_only_where_every_row_is_right_padded():
 
 
 @pytest.mark.parametrize("look", [False, True], ids=["plain", "look-and-copy"])
-def test_packed_training_gives_the_padded_loss_and_gradients(tiny_with, monkeypatch, look):
+def test_packed_training_gives_the_padded_loss_and_gradients(tiny_with, look):
     """Packed rows (attention per example, positions restarting) give the loss and every gradient of the
     padded, masked batch; with look heads and the copy head too (they read the tapped layer inputs)."""
     torch.manual_seed(0)
@@ -60,16 +60,15 @@ def test_packed_training_gives_the_padded_loss_and_gradients(tiny_with, monkeypa
     model.train()
     params = [p for p in model.lm.parameters()]
 
-    def loss_and_grads():
+    def loss_and_grads(pack: bool):
         for p in params:
             p.grad = None
-        parts, _ = trainer.lm_step(model, batch, look_heads=heads, look_weight=0.3 if heads else 0.0)
+        parts, _ = trainer.lm_step(model, batch, look_heads=heads, look_weight=0.3 if heads else 0.0, pack=pack)
         parts["loss"].backward()
         return parts, [p.grad.clone() for p in params]
 
-    fast, fast_grads = loss_and_grads()
-    monkeypatch.setattr(trainer, "_packing", lambda mask: None)
-    padded, padded_grads = loss_and_grads()
+    fast, fast_grads = loss_and_grads(True)
+    padded, padded_grads = loss_and_grads(False)
     for key in ("loss", "stream_loss", "text_loss") + (("look_loss",) if look else ()):
         torch.testing.assert_close(fast[key].detach(), padded[key].detach(), rtol=1e-5, atol=1e-6)
     for a, b in zip(fast_grads, padded_grads):

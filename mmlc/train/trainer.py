@@ -185,7 +185,8 @@ def _pixels(model, e: ex.Example) -> torch.Tensor:
 def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = False,
             probe: "MemoryProbe | None" = None, tower_dtype: str | None = None,
             look_heads: list[tuple[str, int, int]] = (), look_weight: float = 0.0,
-            read_weight: float = 1.0, lm_dtype: str = "float32", tower=None) -> tuple[dict, torch.Tensor]:
+            read_weight: float = 1.0, lm_dtype: str = "float32", tower=None,
+            pack: bool = True) -> tuple[dict, torch.Tensor]:
     """Forward + LIVE loss on a batch; returns (loss parts, logits).
 
     Training computes the LM head only at labelled positions (a quarter of a stream's tokens), so the
@@ -195,7 +196,8 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     :class:`~mmlc.train.frozen_tower.FrozenTower` in that dtype) stands in for it. ``lm_dtype`` runs the
     LM's forward and backward under autocast to that dtype (mixed precision: the weights, their
     gradients and the loss stay float32; :attr:`Recipe.lm_dtype`). Training runs a right-padded batch
-    packed into one row (:func:`_packing`; the same numbers as the padded batch). ``look_heads``
+    packed into one row (:func:`_packing`; the same numbers as the padded batch; ``pack=False``: the
+    padded, masked forward, for comparison). ``look_heads``
     ((kind, layer, head), :func:`mmlc.train.look.parse_heads`) add ``look_weight`` x the addressing
     loss of :mod:`mmlc.train.look` on the batch's look targets (``look_loss``, and ``look_mass``:
     their mean attention on the targets; ``look_heads_mass``: per head, its mass and query count), a
@@ -231,7 +233,7 @@ def lm_step(model, batch: dict, train_vision: bool = False, full_logits: bool = 
     copying = model.config.frames.copy_head is not None and not train_vision
     copy_layer = parse_head(model.config.frames.copy_head)[0] if copying else None
     keep = batch["labels"] >= 0
-    packing = _packing(batch["attention_mask"])
+    packing = _packing(batch["attention_mask"]) if pack else None
     decoder = model.lm.get_decoder()
     with AttentionTap(model.lm, ([layer for _, layer, _ in look_heads] if looking else []) + ([copy_layer] if copying else []),
                       final=looking and any(kind in READ_KINDS for kind, _, _ in look_heads)) as tap, \
@@ -608,13 +610,6 @@ class Run:
         for s_idx in range(start_stage, len(self.recipe.stages)):
             stage = self.recipe.stages[s_idx]
             step0 = start_step if s_idx == start_stage else 0
-            if stage.frames_grid and set_frames_grid(model, stage.frames_grid):
-                self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
-                         f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
-                         f"{model.config.memory_grid})")
-            if (stage.tag_scale or stage.tag_mode) and set_tags(model, stage.tag_scale, stage.tag_mode):
-                fc = model.config.frames
-                self.log(f"stage {stage.name}: word tags bound per {fc.tag_mode}, added x{fc.tag_scale} from here on")
             elapsed = self._train_stage(model, heads, s_idx, stage, step0, elapsed, t0)
             t0 = time.time()
         if self.main:
@@ -643,10 +638,6 @@ class Run:
         heads.to(self.acc.device)
         rows, total = [], 0.0
         for s_idx, stage in enumerate(self.recipe.stages):
-            if stage.frames_grid:
-                set_frames_grid(model, stage.frames_grid)
-            if stage.tag_scale or stage.tag_mode:
-                set_tags(model, stage.tag_scale, stage.tag_mode)
             run = self._begin_stage(model, heads, s_idx, stage, 0)
             at = np.linspace(0, stage.steps - 1, steps + 1).round().astype(int).tolist()
             times = []
@@ -688,10 +679,17 @@ class Run:
         self._save(model, heads, None, n_done, 0, 0.0)
 
     def _begin_stage(self, model, heads, s_idx: int, stage: Stage, step0: int) -> "_StageRun":
-        """What a stage changes in the model when it starts (a reader, a detector, tags, fresh
-        embeddings), which parameters it trains, and its optimizer (resumed at ``step0`` > 0)."""
+        """What a stage changes in the model when it starts (the frames' grid, a reader, a detector, tags,
+        fresh embeddings), which parameters it trains, and its optimizer (resumed at ``step0`` > 0)."""
         vision = stage.name == "vision"
         reading = stage.name in ("reader", "rare")
+        if stage.frames_grid and set_frames_grid(model, stage.frames_grid):
+            self.log(f"stage {stage.name}: frames read at {stage.frames_grid}x{stage.frames_grid} from here on "
+                     f"({model.tokens_per_frame} tokens a frame; the bridge folds {model.config.memory_grid}x"
+                     f"{model.config.memory_grid})")
+        if (stage.tag_scale or stage.tag_mode) and set_tags(model, stage.tag_scale, stage.tag_mode):
+            fc = model.config.frames
+            self.log(f"stage {stage.name}: word tags bound per {fc.tag_mode}, added x{fc.tag_scale} from here on")
         if stage.name == "reader" and enable_reader(model):
             self.log(f"stage reader: a word-tag reader over the {model.config.frames.grid}x{model.config.frames.grid} "
                      f"frame tokens ({sum(p.numel() for p in model.reader.parameters())} parameters)")
