@@ -484,6 +484,25 @@ def test_tiny_short_is_tiny_s_stages_in_order_with_fewer_steps():
     assert {s.name for s in short} == {s.name for s in full} - {"qa", "refresh", "recall"}
 
 
+def test_tiny_2h_is_tiny_without_qa_and_cuts_only_the_lm_stages():
+    """tiny-2h keeps every stage of tiny but qa, in order, with the same settings: the stages that are not
+    LM stages (vision, reader, rare) and the short early ones keep their steps, the others run 65% of
+    theirs; it saves the config tiny saves (the same switches on the same stages)."""
+    import dataclasses
+    full, cut = recipes.RECIPES["tiny"](), recipes.RECIPES["tiny-2h"]()
+    kept = [s for s in full.stages if s.name != "qa"]
+    assert len(cut.stages) == len(full.stages) - 1
+    plain = lambda s: dataclasses.replace(s, steps=0, warmup=0)
+    assert [plain(s) for s in cut.stages] == [plain(s) for s in kept]
+    for a, b in zip(cut.stages, kept):
+        if a.name in ("vision", "reader", "rare", "align", "change", "chat"):
+            assert (a.steps, a.warmup) == (b.steps, b.warmup)
+        else:
+            assert a.steps == round(0.65 * b.steps) and 1 <= a.warmup < b.warmup
+    assert (cut.lm_dtype, cut.frozen_tower_dtype, cut.preset) == ("bfloat16", "bfloat16", full.preset)
+    assert 0.6 < sum(s.steps for s in cut.stages) / sum(s.steps for s in full.stages) < 0.8
+
+
 @pytest.mark.slow
 def test_tiny_short_runs_every_stage_and_ends_with_tiny_s_structure(tmp_path, monkeypatch):
     """recipe tiny-short, each stage cut to 2 steps (about a minute): it runs through, and the model it
