@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model by recipe (resumable)",
                        description="Train by recipe. 'tiny' regenerates the embedded mmlc-tiny from scratch.")
-    p.add_argument("--recipe", default="tiny", help="recipe name: tiny (the shipped weights), tiny-2h (tiny's stages at 65%% of their steps, about two "
-                        "hours), tiny-short (21 of tiny's stages, cut harder), tiny-v2, tiny-smoke")
+    p.add_argument("--recipe", default="tiny", help="recipe name: tiny (the shipped weights), tiny-2h (tiny's stages at 65%% of their steps: 160 "
+                        "min, weaker), tiny-short (21 of tiny's stages, cut harder), tiny-v2, tiny-smoke")
     p.add_argument("--out", default=None, help="run folder: created, or resumed if it holds this recipe's run")
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run in --out")
